@@ -1,0 +1,21 @@
+"""geonorm: the geometry of normalization layers in language models.
+
+LayerNorm's standardization is three geometric steps: remove the component along
+the uniform vector 1, normalize, scale by sqrt(d) (Gupta et al., SCIENCE.md).
+This package measures that geometry on real hidden states, exactly and at the
+speed of memory.
+
+>>> import geonorm_core as gn
+>>> dec = gn.decompose(x)          # mean, coef, norm, perp_norm, cos, angle per row
+>>> gn.rotation(x, y)              # degrees between paired rows
+>>> gn.layer_norm(x, w, b), gn.rms_norm(x, g), gn.remove_uniform(x)
+"""
+from .ops import Decomposition, decompose, layer_norm, remove_uniform, rms_norm, rotation
+from .runtime import get_num_threads, kernel_info, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm",
+    "kernel_info", "get_num_threads", "set_num_threads", "__version__",
+]

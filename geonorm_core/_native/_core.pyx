@@ -1,0 +1,96 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Thin wrapper over the C core (geonorm.h): releases the GIL, nothing else.
+
+Arrays arrive as *row specs*, tuples (address, n0, n1, d, s0, s1, sd, dtype)
+that geonorm_core._arrays builds and validates; this module trusts them.
+"""
+from libc.stdint cimport int64_t, uintptr_t
+
+cdef extern from "geonorm.h" nogil:
+    ctypedef struct gn_rows:
+        char *data
+        int64_t n0, n1, d, s0, s1, sd
+        int dtype
+    int gn_simd_supported(int level)
+    int gn_simd_set(int level)
+    int gn_simd_active()
+    int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
+    int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
+    int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight,
+                     const void *bias, double eps, int nthreads)
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int gn_omp_max_threads(void) { return omp_get_max_threads(); }
+    static int gn_has_openmp(void) { return 1; }
+    #else
+    static int gn_omp_max_threads(void) { return 1; }
+    static int gn_has_openmp(void) { return 0; }
+    #endif
+    """
+    int gn_omp_max_threads()
+    int gn_has_openmp()
+
+SIMD_PATHS = ("scalar", "avx2", "avx512")
+REMOVE_UNIFORM, LAYER_NORM, RMS_NORM = 0, 1, 2
+
+
+cdef gn_rows _rows(tuple spec):
+    cdef gn_rows r
+    r.data = <char *><uintptr_t>spec[0]
+    r.n0, r.n1, r.d, r.s0, r.s1, r.sd, r.dtype = spec[1:]
+    return r
+
+
+def simd_supported():
+    """Names of the SIMD paths this CPU can run, baseline first."""
+    return [name for level, name in enumerate(SIMD_PATHS) if gn_simd_supported(level)]
+
+
+def simd_active():
+    return SIMD_PATHS[gn_simd_active()]
+
+
+def set_simd(str name):
+    """Force a SIMD path for this process (tests use it to cover every path)."""
+    if name not in SIMD_PATHS:
+        raise ValueError(f"SIMD path must be one of {SIMD_PATHS}, got {name!r}")
+    if gn_simd_set(SIMD_PATHS.index(name)) != 0:
+        raise ValueError(f"this CPU cannot run the {name!r} path; it has {simd_supported()}")
+
+
+def openmp():
+    return bool(gn_has_openmp())
+
+
+def max_threads():
+    return gn_omp_max_threads()
+
+
+def decompose(tuple x, uintptr_t out, int64_t qstride, int nthreads):
+    cdef gn_rows xr = _rows(x)
+    cdef int rc
+    with nogil:
+        rc = gn_decompose(&xr, <double *>out, qstride, nthreads)
+    if rc:
+        raise MemoryError("geonorm: no memory for a scratch row")
+
+
+def rotation(tuple x, tuple y, uintptr_t out, int nthreads):
+    cdef gn_rows xr = _rows(x), yr = _rows(y)
+    cdef int rc
+    with nogil:
+        rc = gn_rotation(&xr, &yr, <double *>out, nthreads)
+    if rc:
+        raise MemoryError("geonorm: no memory for a scratch row")
+
+
+def normalize(int kind, tuple x, tuple out, uintptr_t weight, uintptr_t bias, double eps, int nthreads):
+    cdef gn_rows xr = _rows(x), orows = _rows(out)
+    cdef int rc
+    with nogil:
+        rc = gn_normalize(kind, &xr, &orows, <const void *>weight, <const void *>bias, eps, nthreads)
+    if rc:
+        raise MemoryError("geonorm: no memory for a scratch row")

@@ -1,0 +1,604 @@
+/* geonorm native core: drivers, SIMD dispatch and the per-row mathematics.
+ *
+ * Layout of this file:
+ *   1. the row kernels, instantiated per SIMD path and dtype from kernels_*.h
+ *   2. run-time dispatch (CPU probe, forced path)
+ *   3. per-row mathematics: moments with an exact fallback, the norm ops, rotation
+ *   4. the batch drivers (OpenMP over rows, gather/scatter of strided rows)
+ *
+ * One build runs everywhere: the AVX2 and AVX-512 kernels carry function-level
+ * target attributes and run only when the CPU has them.
+ */
+#include "geonorm.h"
+#include "dtypes.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GN_X86 1
+#endif
+
+#define GN_CAT_(a, b, c) a##_##b##_##c
+#define GN_CAT(a, b, c) GN_CAT_(a, b, c)
+
+/* ---------------------------------------------------------------- 1. kernels */
+
+typedef struct {
+    double (*sum)(const void *x, int64_t d);                                 /* sum x         */
+    void (*dev)(const void *x, int64_t d, double c, double *q, double *e);   /* sum t^2, sum t */
+    double (*sumsq)(const void *x, int64_t d);                               /* sum x^2       */
+    void (*affine)(const void *x, void *out, int64_t d, double mu, double scale,
+                   const void *w, const void *b);                            /* ((x-mu)s)w+b  */
+} gn_kernels;
+
+/* Neumaier's compensated sum, for the paths that are the accuracy reference
+ * (the scalar baseline and the exact fallback), where speed does not matter. */
+typedef struct {
+    double s, c;
+} gn_ksum;
+
+static inline void gn_kadd(gn_ksum *k, double v)
+{
+    double t = k->s + v;
+    k->c += fabs(k->s) >= fabs(v) ? (k->s - t) + v : (v - t) + k->s;
+    k->s = t;
+}
+
+static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
+
+/* Weights are float for the 16/32-bit types and double for float64. */
+#define GN_WEIGHT(p, i) ((const float *)(p))[i]
+
+#define GN_T f32
+#define GN_CT float
+#define GN_TO_DOUBLE(v) ((double)(v))
+#define GN_FROM_DOUBLE(v) ((float)(v))
+#include "kernels_scalar.h"
+#undef GN_T
+#undef GN_CT
+#undef GN_TO_DOUBLE
+#undef GN_FROM_DOUBLE
+
+#define GN_T f16
+#define GN_CT uint16_t
+#define GN_TO_DOUBLE(v) ((double)gn_half_to_float(v))
+#define GN_FROM_DOUBLE(v) gn_float_to_half((float)(v))
+#include "kernels_scalar.h"
+#undef GN_T
+#undef GN_CT
+#undef GN_TO_DOUBLE
+#undef GN_FROM_DOUBLE
+
+#define GN_T bf16
+#define GN_CT uint16_t
+#define GN_TO_DOUBLE(v) ((double)gn_bf16_to_float(v))
+#define GN_FROM_DOUBLE(v) gn_float_to_bf16((float)(v))
+#include "kernels_scalar.h"
+#undef GN_T
+#undef GN_CT
+#undef GN_TO_DOUBLE
+#undef GN_FROM_DOUBLE
+
+#undef GN_WEIGHT
+#define GN_WEIGHT(p, i) ((const double *)(p))[i]
+#define GN_T f64
+#define GN_CT double
+#define GN_TO_DOUBLE(v) (v)
+#define GN_FROM_DOUBLE(v) (v)
+#include "kernels_scalar.h"
+#undef GN_T
+#undef GN_CT
+#undef GN_TO_DOUBLE
+#undef GN_FROM_DOUBLE
+#undef GN_WEIGHT
+
+#define GN_KERNELS(isa, t) \
+    { GN_CAT(isa, sum, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
+
+/* Each SIMD path includes kernels_path.h: kernels_narrow.h per narrow type, kernels_f64.h. */
+#define GN_BLOCK 8
+
+#ifdef GN_X86
+/* AVX-512 (F, BW, DQ, VL) with F16C and FMA. */
+#define GN_ISA avx512
+#define GN_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+#define W 16
+#define WD 8
+#define VF __m512
+#define VD __m512d
+#define VF_ZERO _mm512_setzero_ps()
+#define VF_SET1 _mm512_set1_ps
+#define VF_ADD _mm512_add_ps
+#define VF_SUB _mm512_sub_ps
+#define VF_MUL _mm512_mul_ps
+#define VF_FMA _mm512_fmadd_ps
+#define VF_LOADU _mm512_loadu_ps
+#define VD_ZERO _mm512_setzero_pd()
+#define VD_SET1 _mm512_set1_pd
+#define VD_ADD _mm512_add_pd
+#define VD_SUB _mm512_sub_pd
+#define VD_MUL _mm512_mul_pd
+#define VD_FMA _mm512_fmadd_pd
+#define VD_LOADU _mm512_loadu_pd
+#define VD_STOREU _mm512_storeu_pd
+#define VD_REDUCE _mm512_reduce_add_pd
+#define VD_LO(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
+#define VD_HI(v) _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+#define LOAD_F32(p) _mm512_loadu_ps(p)
+#define LOAD_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define LOAD_BF16(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define STORE_F32(p, v) _mm512_storeu_ps(p, v)
+#define STORE_F16(p, v) \
+    _mm256_storeu_si256((__m256i *)(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+#define STORE_BF16(p, v) _mm256_storeu_si256((__m256i *)(p), _mm512_cvtepi32_epi16(avx512_bf16_bits(v)))
+
+/* float32 -> bf16 bits (round to nearest even, NaN kept quiet) in 32-bit lanes. */
+GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
+{
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    __m512i qnan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, qnan);
+}
+#include "kernels_path.h"
+
+/* AVX2 with F16C and FMA. */
+#define GN_ISA avx2
+#define GN_TARGET __attribute__((target("avx2,fma,f16c")))
+#define W 8
+#define WD 4
+#define VF __m256
+#define VD __m256d
+#define VF_ZERO _mm256_setzero_ps()
+#define VF_SET1 _mm256_set1_ps
+#define VF_ADD _mm256_add_ps
+#define VF_SUB _mm256_sub_ps
+#define VF_MUL _mm256_mul_ps
+#define VF_FMA _mm256_fmadd_ps
+#define VF_LOADU _mm256_loadu_ps
+#define VD_ZERO _mm256_setzero_pd()
+#define VD_SET1 _mm256_set1_pd
+#define VD_ADD _mm256_add_pd
+#define VD_SUB _mm256_sub_pd
+#define VD_MUL _mm256_mul_pd
+#define VD_FMA _mm256_fmadd_pd
+#define VD_LOADU _mm256_loadu_pd
+#define VD_STOREU _mm256_storeu_pd
+#define VD_REDUCE avx2_reduce_pd
+#define VD_LO(v) _mm256_cvtps_pd(_mm256_castps256_ps128(v))
+#define VD_HI(v) _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))
+#define LOAD_F32(p) _mm256_loadu_ps(p)
+#define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define LOAD_BF16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define STORE_F32(p, v) _mm256_storeu_ps(p, v)
+#define STORE_F16(p, v) _mm_storeu_si128((__m128i *)(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT))
+#define STORE_BF16(p, v) _mm_storeu_si128((__m128i *)(p), avx2_bf16_bits(v))
+
+GN_TARGET static inline double avx2_reduce_pd(__m256d v)
+{
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+/* float32 -> 8 packed bf16 (round to nearest even, NaN kept quiet). */
+GN_TARGET static inline __m128i avx2_bf16_bits(__m256 v)
+{
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    __m256i packed = _mm256_packus_epi32(r, r); /* per 128-bit lane: r0-3 r0-3 | r4-7 r4-7 */
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+}
+#include "kernels_path.h"
+#endif /* GN_X86 */
+
+static const gn_kernels *gn_table(int simd)
+{
+    static const gn_kernels scalar[GN_NDTYPES] = {
+        GN_KERNELS(scalar, f64), GN_KERNELS(scalar, f32), GN_KERNELS(scalar, f16), GN_KERNELS(scalar, bf16)};
+#ifdef GN_X86
+    static const gn_kernels avx2[GN_NDTYPES] = {
+        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS(avx2, f16), GN_KERNELS(avx2, bf16)};
+    static const gn_kernels avx512[GN_NDTYPES] = {
+        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS(avx512, f16), GN_KERNELS(avx512, bf16)};
+    if (simd == GN_AVX512) return avx512;
+    if (simd == GN_AVX2) return avx2;
+#endif
+    (void)simd;
+    return scalar;
+}
+
+/* --------------------------------------------------------------- 2. dispatch */
+
+int gn_simd_supported(int level)
+{
+    if (level == GN_SCALAR) return 1;
+#ifdef GN_X86
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (level == GN_AVX2) return avx2;
+    if (level == GN_AVX512)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#endif
+    return 0;
+}
+
+static int gn_active = -1;
+
+int gn_simd_active(void)
+{
+    if (gn_active < 0) {
+        int best = GN_SCALAR;
+        for (int level = GN_SCALAR; level < GN_NSIMD; level++)
+            if (gn_simd_supported(level)) best = level;
+        gn_active = best;
+    }
+    return gn_active;
+}
+
+int gn_simd_set(int level)
+{
+    if (level < 0 || level >= GN_NSIMD || !gn_simd_supported(level)) return -1;
+    gn_active = level;
+    return 0;
+}
+
+/* ------------------------------------------------------- 3. row mathematics */
+
+static double gn_elem(int dtype, const void *row, int64_t i)
+{
+    switch (dtype) {
+    case GN_F64: return ((const double *)row)[i];
+    case GN_F32: return ((const float *)row)[i];
+    case GN_F16: return gn_half_to_float(((const uint16_t *)row)[i]);
+    default: return gn_bf16_to_float(((const uint16_t *)row)[i]);
+    }
+}
+
+/* mu, ||Px||, ||x|| of a row, each times 2^-ex (NaN for a row with NaN/Inf).
+ * Ratios (cos, angle) are taken before the scale is undone, so that they stay
+ * exact for rows whose statistics would be subnormal. */
+typedef struct {
+    double mean, perp, norm;
+    int ex;
+} gn_moments;
+
+/* Power-of-two exponent that brings the row's max |x| into [0.5, 1); returns 0
+ * and sets *m for the rows that need no scaling: all zero or not finite. */
+static int gn_row_exponent(int dtype, const void *row, int64_t d, int *ex, gn_moments *m)
+{
+    double amax = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        double a = fabs(gn_elem(dtype, row, i));
+        if (isnan(a)) {
+            amax = a;
+            break;
+        }
+        if (a > amax) amax = a;
+    }
+    m->ex = 0;
+    if (!isfinite(amax)) {
+        m->mean = m->perp = m->norm = NAN;
+        return 0;
+    }
+    if (amax == 0.0) {
+        m->mean = m->perp = m->norm = 0.0;
+        return 0;
+    }
+    frexp(amax, ex);
+    return 1;
+}
+
+/* The slow exact twin of gn_row_moments: float64, rescaled by an exact power of
+ * two so that no square overflows or underflows.  Taken for rows the fast path
+ * cannot vouch for (non-finite sums, tiny or huge values, zero and constant rows). */
+static void gn_row_moments_exact(int dtype, const void *row, int64_t d, gn_moments *m)
+{
+    int ex;
+    if (!gn_row_exponent(dtype, row, d, &ex, m)) return;
+    gn_ksum s = {0.0, 0.0}, qs = {0.0, 0.0}, es = {0.0, 0.0};
+    for (int64_t i = 0; i < d; i++) gn_kadd(&s, ldexp(gn_elem(dtype, row, i), -ex));
+    double c = gn_kval(s) / (double)d;
+    for (int64_t i = 0; i < d; i++) {
+        double t = ldexp(gn_elem(dtype, row, i), -ex) - c;
+        gn_kadd(&qs, t * t);
+        gn_kadd(&es, t);
+    }
+    double q = gn_kval(qs), e = gn_kval(es);
+    double mu = c + e / (double)d, perp2 = fmax(q - e * e / (double)d, 0.0);
+    m->mean = mu;
+    m->perp = sqrt(perp2);
+    m->norm = sqrt((double)d * mu * mu + perp2);
+    m->ex = ex;
+}
+
+/* mean, perp norm and norm of one row: shift by an estimate c of the mean, then
+ * the corrected two-pass formula  mu = c + e/d,  ||Px||^2 = q - e^2/d  (exact for
+ * any c), and ||x||^2 = d mu^2 + ||Px||^2 (G5) so no square of a raw x is taken. */
+static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int64_t d, gn_moments *m)
+{
+    const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100; /* below: squares lost to underflow */
+    double c = k[dtype].sum(row, d) / (double)d;
+    if (isfinite(c)) {
+        double q, e;
+        k[dtype].dev(row, d, c, &q, &e);
+        double mu = c + e / (double)d, perp2 = fmax(q - e * e / (double)d, 0.0);
+        double norm2 = (double)d * mu * mu + perp2;
+        if (q >= tiny && isfinite(norm2)) {
+            m->mean = mu;
+            m->perp = sqrt(perp2);
+            m->norm = sqrt(norm2);
+            m->ex = 0;
+            return;
+        }
+    }
+    gn_row_moments_exact(dtype, row, d, m);
+}
+
+/* Root mean square sqrt(||x||^2 / d) times 2^-ex, exact for every finite row. */
+static double gn_row_rms(const gn_kernels *k, int dtype, const void *row, int64_t d, int *ex)
+{
+    const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100;
+    double q = k[dtype].sumsq(row, d);
+    *ex = 0;
+    if (q >= tiny && isfinite(q)) return sqrt(q / (double)d);
+    gn_moments m;
+    if (!gn_row_exponent(dtype, row, d, ex, &m)) return m.norm;
+    gn_ksum qs = {0.0, 0.0};
+    for (int64_t i = 0; i < d; i++) {
+        double v = ldexp(gn_elem(dtype, row, i), -*ex);
+        gn_kadd(&qs, v * v);
+    }
+    return sqrt(gn_kval(qs) / (double)d);
+}
+
+static void gn_row_decompose(const gn_kernels *k, int dtype, const void *row, int64_t d, double *out,
+                             int64_t qstride)
+{
+    gn_moments m;
+    gn_row_moments(k, dtype, row, d, &m);
+    double coef = m.mean * sqrt((double)d);
+    double cos = NAN, angle = NAN;
+    if (m.norm > 0.0) { /* the angle with 1 is undefined for the zero vector */
+        cos = fmin(fmax(coef / m.norm, -1.0), 1.0);
+        angle = atan2(m.perp, coef) * (180.0 / M_PI); /* well conditioned at 0 and 180 too */
+    }
+    out[GN_MEAN * qstride] = ldexp(m.mean, m.ex);
+    out[GN_COEF * qstride] = ldexp(coef, m.ex);
+    out[GN_NORM * qstride] = ldexp(m.norm, m.ex);
+    out[GN_PERP_NORM * qstride] = ldexp(m.perp, m.ex);
+    out[GN_COS * qstride] = cos;
+    out[GN_ANGLE * qstride] = angle;
+}
+
+static void gn_store(int dtype, void *row, int64_t i, double v)
+{
+    switch (dtype) {
+    case GN_F64: ((double *)row)[i] = v; break;
+    case GN_F32: ((float *)row)[i] = (float)v; break;
+    case GN_F16: ((uint16_t *)row)[i] = gn_float_to_half((float)v); break;
+    default: ((uint16_t *)row)[i] = gn_float_to_bf16((float)v);
+    }
+}
+
+/* The exact twin of the affine kernels for rows whose statistics were rescaled
+ * by 2^-ex: y = ((x 2^-ex - mu') s') 2^out_ex * w + b, in float64. */
+static void gn_row_affine_exact(int dtype, const void *row, void *orow, int64_t d, int ex, double mu, double s,
+                                int out_ex, const void *w, const void *b)
+{
+    for (int64_t i = 0; i < d; i++) {
+        double t = ldexp((ldexp(gn_elem(dtype, row, i), -ex) - mu) * s, out_ex);
+        if (w) t *= dtype == GN_F64 ? ((const double *)w)[i] : ((const float *)w)[i];
+        if (b) t += dtype == GN_F64 ? ((const double *)b)[i] : ((const float *)b)[i];
+        gn_store(dtype, orow, i, t);
+    }
+}
+
+/* 1 / sqrt(sigma^2 + eps) in the domain rescaled by 2^-ex (sigma' = sigma 2^-ex),
+ * i.e. 1 / hypot(sigma', sqrt(eps) 2^-ex); when eps dominates a tiny row that
+ * factor is 2^ex / sqrt(eps), returned as 1 / sqrt(eps) with 2^ex added to *out_ex
+ * so the result is rounded once. */
+static double gn_rstd_scaled(double sigma, double eps, int ex, int *out_ex)
+{
+    double root = sqrt(eps);
+    if (root > 0.0 && ex < 0 && !(ldexp(root, -ex) < 0x1p60 * sigma)) {
+        *out_ex += ex;
+        return 1.0 / root;
+    }
+    return 1.0 / hypot(sigma, ldexp(root, -ex));
+}
+
+/* One row of remove_uniform (y = x - mu 1), layer_norm or rms_norm.  The SIMD
+ * kernels take rows whose statistics needed no rescaling; the others (values
+ * near the ends of the float64 range) take the exact float64 twin. */
+static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const void *row, void *orow, int64_t d,
+                             const void *w, const void *b, double eps)
+{
+    double mu = 0.0, s = 1.0;
+    int ex, out_ex = 0;
+    if (kind == GN_RMS_NORM) {
+        double rms = gn_row_rms(k, dtype, row, d, &ex);
+        s = gn_rstd_scaled(rms, eps, ex, &out_ex);
+        b = NULL;
+    } else {
+        gn_moments m;
+        gn_row_moments(k, dtype, row, d, &m);
+        mu = m.mean;
+        ex = m.ex;
+        if (kind == GN_LAYER_NORM) {
+            s = gn_rstd_scaled(m.perp / sqrt((double)d), eps, ex, &out_ex);
+        } else {
+            out_ex = ex; /* P x = 2^ex (x' - mu') */
+            w = b = NULL;
+        }
+    }
+    if (ex == 0 && out_ex == 0)
+        k[dtype].affine(row, orow, d, mu, s, w, b);
+    else
+        gn_row_affine_exact(dtype, row, orow, d, ex, mu, s, out_ex, w, b);
+}
+
+/* Angle in degrees between two rows already widened to float64 and scaled to
+ * max |x| in [0.5, 1): Kahan's 2 atan2(|x^ - y^|, |x^ + y^|), accurate at 0 and 180. */
+static double gn_row_rotation(const double *x, const double *y, int64_t d)
+{
+    double nx = 0.0, ny = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        nx += x[i] * x[i];
+        ny += y[i] * y[i];
+    }
+    if (!(nx > 0.0 && ny > 0.0)) return NAN;
+    double a = 1.0 / sqrt(nx), b = 1.0 / sqrt(ny), qm = 0.0, qp = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        double u = a * x[i], v = b * y[i];
+        qm += (u - v) * (u - v);
+        qp += (u + v) * (u + v);
+    }
+    return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
+}
+
+/* Widen a row to float64 and scale it by a power of two to max |x| in [0.5, 1);
+ * returns 0 when the row is zero or not finite (its angle is then NaN). */
+static int gn_row_widen(int dtype, const void *row, int64_t d, double *dst)
+{
+    gn_moments m;
+    int ex;
+    if (!gn_row_exponent(dtype, row, d, &ex, &m)) return 0;
+    for (int64_t i = 0; i < d; i++) dst[i] = ldexp(gn_elem(dtype, row, i), -ex);
+    return 1;
+}
+
+/* ----------------------------------------------------------- 4. the drivers */
+
+static char *gn_row_ptr(const gn_rows *x, int64_t r)
+{
+    int64_t i = x->n1 ? r / x->n1 : 0, j = x->n1 ? r % x->n1 : 0;
+    return x->data + i * x->s0 + j * x->s1;
+}
+
+/* Rows read (or written) in place: unit element stride and element alignment. */
+static int gn_rows_direct(const gn_rows *x)
+{
+    int64_t isz = gn_itemsize(x->dtype);
+    return x->sd == isz && (uintptr_t)x->data % isz == 0 && x->s0 % isz == 0 && x->s1 % isz == 0;
+}
+
+static void gn_gather(const gn_rows *x, const char *row, char *dst)
+{
+    int64_t isz = gn_itemsize(x->dtype);
+    for (int64_t i = 0; i < x->d; i++) memcpy(dst + i * isz, row + i * x->sd, (size_t)isz);
+}
+
+static void gn_scatter(const gn_rows *x, const char *src, char *row)
+{
+    int64_t isz = gn_itemsize(x->dtype);
+    for (int64_t i = 0; i < x->d; i++) memcpy(row + i * x->sd, src + i * isz, (size_t)isz);
+}
+
+/* Threads: never more than rows, and one for batches too small to pay for a team. */
+static int gn_threads(int nthreads, int64_t n, int64_t d)
+{
+    if (nthreads < 1) nthreads = 1;
+    if ((int64_t)nthreads > n) nthreads = (int)(n > 0 ? n : 1);
+    if (n * d < (1 << 15)) nthreads = 1;
+    return nthreads;
+}
+
+int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
+{
+    const int64_t n = x->n0 * x->n1, d = x->d;
+    const gn_kernels *k = gn_table(gn_simd_active());
+    const int direct = gn_rows_direct(x);
+    int failed = 0;
+    const int nt = gn_threads(nthreads, n, d);
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+    {
+        char *scratch = direct ? NULL : malloc((size_t)(d * 8));
+        failed = !direct && !scratch;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (failed) continue;
+            const char *row = gn_row_ptr(x, r);
+            if (!direct) {
+                gn_gather(x, row, scratch);
+                row = scratch;
+            }
+            gn_row_decompose(k, x->dtype, row, d, out + r, qstride);
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight, const void *bias,
+                 double eps, int nthreads)
+{
+    const int64_t n = x->n0 * x->n1, d = x->d;
+    const gn_kernels *k = gn_table(gn_simd_active());
+    const int xdirect = gn_rows_direct(x), odirect = gn_rows_direct(out);
+    int failed = 0;
+    const int nt = gn_threads(nthreads, n, d);
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+    {
+        char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
+        failed = !(xdirect && odirect) && !scratch;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (failed) continue;
+            const char *row = gn_row_ptr(x, r);
+            char *orow = gn_row_ptr(out, r);
+            if (!xdirect) {
+                gn_gather(x, row, scratch);
+                row = scratch;
+            }
+            char *dst = odirect ? orow : scratch + d * 8;
+            gn_row_normalize(k, kind, x->dtype, row, dst, d, weight, bias, eps);
+            if (!odirect) gn_scatter(out, dst, orow);
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
+{
+    const int64_t n = x->n0 * x->n1, d = x->d;
+    const int xdirect = gn_rows_direct(x), ydirect = gn_rows_direct(y);
+    int failed = 0;
+    const int nt = gn_threads(nthreads, n, d);
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+    {
+        /* widened x and y rows, then gather buffers for strided ones */
+        double *scratch = malloc((size_t)(4 * d) * sizeof(double));
+        failed = !scratch;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (failed) continue;
+            double *xs = scratch, *ys = scratch + d;
+            const char *xr = gn_row_ptr(x, r), *yr = gn_row_ptr(y, r);
+            if (!xdirect) {
+                gn_gather(x, xr, (char *)(scratch + 2 * d));
+                xr = (const char *)(scratch + 2 * d);
+            }
+            if (!ydirect) {
+                gn_gather(y, yr, (char *)(scratch + 3 * d));
+                yr = (const char *)(scratch + 3 * d);
+            }
+            int ok = gn_row_widen(x->dtype, xr, d, xs) && gn_row_widen(y->dtype, yr, d, ys);
+            out[r] = ok ? gn_row_rotation(xs, ys, d) : NAN;
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,43 @@
+/* geonorm native core: the geometry of hidden vectors, row by row.
+ *
+ * Every operation works on a batch of rows (vectors of length d) described by
+ * gn_rows, reads each row from memory once, and makes its extra passes while
+ * the row is in cache.  Sums are accumulated in float64; variances are two-pass
+ * with the corrected term (never E[x^2] - mu^2).  See SCIENCE.md §1.
+ */
+#ifndef GEONORM_H
+#define GEONORM_H
+
+#include <stdint.h>
+
+enum gn_dtype { GN_F64 = 0, GN_F32 = 1, GN_F16 = 2, GN_BF16 = 3, GN_NDTYPES = 4 };
+enum gn_simd { GN_SCALAR = 0, GN_AVX2 = 1, GN_AVX512 = 2, GN_NSIMD = 3 };
+enum gn_norm { GN_REMOVE_UNIFORM = 0, GN_LAYER_NORM = 1, GN_RMS_NORM = 2 };
+
+/* n0 * n1 rows of d elements; row (i, j) starts at data + i*s0 + j*s1 and its
+ * elements are sd bytes apart.  Any strides work; rows that are contiguous and
+ * aligned are read in place, the others are gathered into a scratch row. */
+typedef struct {
+    char *data;
+    int64_t n0, n1, d;
+    int64_t s0, s1, sd;
+    int dtype;
+} gn_rows;
+
+/* The six quantities of decompose, in this order: quantity q of row r is
+ * out[q * qstride + r], so one output array can serve several calls. */
+enum { GN_MEAN = 0, GN_COEF, GN_NORM, GN_PERP_NORM, GN_COS, GN_ANGLE, GN_NQUANT };
+
+int gn_simd_supported(int level); /* 1 when this CPU runs the path */
+int gn_simd_set(int level);       /* 0 on success, -1 when unsupported */
+int gn_simd_active(void);
+
+/* All return 0 on success and -1 when scratch memory could not be allocated. */
+int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads);
+int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads);
+/* weight and bias: NULL or d contiguous values of the compute type
+ * (float for f32/f16/bf16 rows, double for f64 rows). */
+int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight,
+                 const void *bias, double eps, int nthreads);
+
+#endif

@@ -1,0 +1,79 @@
+/* SIMD kernels for float64 rows: float64 throughout, four accumulators.
+ * Included by geonorm.c once per SIMD path with the path's vector macros. */
+
+#define GN_FN(op) GN_CAT(GN_ISA, op, f64)
+
+GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d)
+{
+    const double *x = (const double *)xv;
+    VD a = VD_ZERO, b = VD_ZERO;
+    int64_t i = 0;
+    for (; i + 2 * WD <= d; i += 2 * WD) {
+        a = VD_ADD(a, VD_LOADU(x + i));
+        b = VD_ADD(b, VD_LOADU(x + i + WD));
+    }
+    double s = VD_REDUCE(VD_ADD(a, b));
+    for (; i < d; i++) s += x[i];
+    return s;
+}
+
+GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out)
+{
+    const double *x = (const double *)xv;
+    const VD vc = VD_SET1(c);
+    VD qa = VD_ZERO, qb = VD_ZERO, ea = VD_ZERO, eb = VD_ZERO;
+    int64_t i = 0;
+    for (; i + 2 * WD <= d; i += 2 * WD) {
+        VD ta = VD_SUB(VD_LOADU(x + i), vc), tb = VD_SUB(VD_LOADU(x + i + WD), vc);
+        qa = VD_FMA(ta, ta, qa);
+        qb = VD_FMA(tb, tb, qb);
+        ea = VD_ADD(ea, ta);
+        eb = VD_ADD(eb, tb);
+    }
+    double qs = VD_REDUCE(VD_ADD(qa, qb)), es = VD_REDUCE(VD_ADD(ea, eb));
+    for (; i < d; i++) {
+        double t = x[i] - c;
+        qs += t * t;
+        es += t;
+    }
+    *q_out = qs;
+    *e_out = es;
+}
+
+GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
+{
+    const double *x = (const double *)xv;
+    VD a = VD_ZERO, b = VD_ZERO;
+    int64_t i = 0;
+    for (; i + 2 * WD <= d; i += 2 * WD) {
+        VD va = VD_LOADU(x + i), vb = VD_LOADU(x + i + WD);
+        a = VD_FMA(va, va, a);
+        b = VD_FMA(vb, vb, b);
+    }
+    double s = VD_REDUCE(VD_ADD(a, b));
+    for (; i < d; i++) s += x[i] * x[i];
+    return s;
+}
+
+GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double mu, double scale,
+                                    const void *wv, const void *bv)
+{
+    const double *x = (const double *)xv, *w = (const double *)wv, *b = (const double *)bv;
+    double *o = (double *)ov;
+    const VD vmu = VD_SET1(mu), vs = VD_SET1(scale);
+    int64_t i = 0;
+    for (; i + WD <= d; i += WD) {
+        VD t = VD_MUL(VD_SUB(VD_LOADU(x + i), vmu), vs);
+        if (w) t = VD_MUL(t, VD_LOADU(w + i));
+        if (b) t = VD_ADD(t, VD_LOADU(b + i));
+        VD_STOREU(o + i, t);
+    }
+    for (; i < d; i++) {
+        double t = (x[i] - mu) * scale;
+        if (w) t *= w[i];
+        if (b) t += b[i];
+        o[i] = t;
+    }
+}
+
+#undef GN_FN

@@ -1,0 +1,256 @@
+"""Side-by-side speed of the core against torch and a NumPy bandwidth probe.
+
+Every number is measured in this process on the same input: geonorm, the fastest
+torch composition of the same quantities, NumPy's composition (decompose), and a
+probe that only moves the same bytes (``x.sum()`` reads them; ``np.copyto`` reads
+and writes them).  Times are medians over repeats; the table reports GB/s and
+ratios, which stay meaningful on a shared, noisy machine where absolute times do
+not.  ``geonorm bench`` prints it; benchmarks/ runs the same cases under
+pytest-benchmark.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+
+from . import ops
+from .runtime import kernel_info
+
+DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16, "fp64": np.float64}
+
+
+def median_time(fn: Callable[[], object], repeats: int = 7) -> float:
+    """Median wall time of fn() in seconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def make_input(rows: int, d: int, dtype: str, seed: int = 0) -> np.ndarray:
+    """Hidden-state-like rows: O(1) noise plus a per-row offset along 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, d), dtype=np.float32)
+    x += rng.standard_normal((rows, 1), dtype=np.float32)
+    return x.astype(DTYPES[dtype])
+
+
+def probe_read(x: np.ndarray) -> Callable[[], object]:
+    """NumPy reading the same bytes: a float32 sum over the buffer (16-bit types viewed as float32)."""
+    flat = x.reshape(-1)
+    view = flat.view(np.float32) if flat.nbytes % 4 == 0 and x.dtype.itemsize < 4 else flat
+    return lambda: view.sum()
+
+
+def probe_copy(x: np.ndarray) -> Callable[[], object]:
+    """NumPy reading and writing the same bytes: np.copyto into a preallocated array."""
+    dst = np.empty_like(x)
+    return lambda: np.copyto(dst, x)
+
+
+def torch_decompose(t):
+    """The fastest torch composition we found of decompose's quantities (float32 results)."""
+    import torch
+
+    d = t.shape[-1]
+    var, mean = torch.var_mean(t, dim=-1, correction=0)
+    norm = torch.linalg.vector_norm(t, dim=-1)
+    perp = torch.sqrt(var * d)
+    angle = torch.rad2deg(torch.atan2(perp, mean * d ** 0.5))
+    return mean, norm, perp, angle
+
+
+def torch_decompose_two_pass(t):
+    import torch
+
+    d = t.shape[-1]
+    mean = t.mean(dim=-1)
+    norm = torch.linalg.vector_norm(t, dim=-1)
+    perp = torch.linalg.vector_norm(t - mean[..., None], dim=-1)
+    angle = torch.rad2deg(torch.atan2(perp, mean * d ** 0.5))
+    return mean, norm, perp, angle
+
+
+def numpy_decompose(x: np.ndarray):
+    """The plain NumPy composition (float64 statistics, as the oracle computes them)."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1)
+    norm = np.linalg.norm(x64, axis=-1)
+    perp = np.linalg.norm(x64 - mean[..., None], axis=-1)
+    angle = np.degrees(np.arctan2(perp, mean * np.sqrt(x.shape[-1])))
+    return mean, norm, perp, angle
+
+
+@dataclass
+class Row:
+    op: str
+    dtype: str
+    shape: str
+    geonorm_gbs: float
+    torch_gbs: float | None
+    probe_gbs: float
+    numpy_gbs: float | None = None
+
+    @property
+    def vs_probe(self) -> float:
+        return self.geonorm_gbs / self.probe_gbs
+
+    @property
+    def vs_torch(self) -> float | None:
+        return None if self.torch_gbs is None else self.geonorm_gbs / self.torch_gbs
+
+    @property
+    def vs_numpy(self) -> float | None:
+        return None if self.numpy_gbs is None else self.geonorm_gbs / self.numpy_gbs
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "vs_probe": self.vs_probe, "vs_torch": self.vs_torch, "vs_numpy": self.vs_numpy}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _gbs(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9
+
+
+def bench_case(op: str, rows: int, d: int, dtype: str, repeats: int = 7) -> Row:
+    """Measure one (op, shape, dtype) case: geonorm, torch, the probe (and NumPy for decompose).
+
+    ``op`` is ``decompose``, ``layer_norm``/``rms_norm`` (fresh output, as users
+    call them) or ``layer_norm_out``/``rms_norm_out`` (into a preallocated ``out=``).
+    GB/s counts the bytes the op must move: reads for decompose, reads + writes
+    for the norms.
+    """
+    x = make_input(rows, d, dtype)
+    torch = _torch()
+    tx = None
+    if torch is not None:
+        tx = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if dtype == "bf16" else torch.from_numpy(x)
+    base = op.removesuffix("_out")
+    weight = np.random.default_rng(1).standard_normal(d).astype(np.float32) + 1.0
+    bias = np.random.default_rng(2).standard_normal(d).astype(np.float32)
+    tw = tb = None
+    if torch is not None:
+        tw = torch.from_numpy(weight).to(tx.dtype)
+        tb = torch.from_numpy(bias).to(tx.dtype)
+
+    numpy_gbs = None
+    if base == "decompose":
+        nbytes = x.nbytes
+        ours = median_time(lambda: ops.decompose(x), repeats)
+        probe = median_time(probe_read(x), repeats)
+        theirs = None
+        if torch is not None:
+            theirs = min(median_time(lambda: torch_decompose(tx), repeats),
+                         median_time(lambda: torch_decompose_two_pass(tx), repeats))
+        numpy_gbs = _gbs(nbytes, median_time(lambda: numpy_decompose(x), max(1, repeats // 3)))
+    else:
+        nbytes = 2 * x.nbytes
+        probe = median_time(probe_copy(x), repeats)
+        out = np.empty_like(x) if op.endswith("_out") else None
+        if base == "layer_norm":
+            ours = median_time(lambda: ops.layer_norm(x, weight, bias, out=out), repeats)
+            call = None if torch is None else (lambda: torch.nn.functional.layer_norm(tx, (d,), tw, tb))
+        elif base == "rms_norm":
+            ours = median_time(lambda: ops.rms_norm(x, weight, out=out), repeats)
+            call = None if torch is None else (lambda: torch.nn.functional.rms_norm(tx, (d,), tw, 1e-6))
+        else:
+            raise ValueError(f"op must be decompose, layer_norm, rms_norm (or *_out), got {op!r}")
+        theirs = None if call is None else median_time(call, repeats)
+    return Row(op, dtype, f"{rows}x{d}", _gbs(nbytes, ours),
+               None if theirs is None else _gbs(nbytes, theirs), _gbs(nbytes, probe), numpy_gbs)
+
+
+#: The cases of issue #2's speed criteria: (op, rows, d, dtype).
+CASES = [
+    ("decompose", 32768, 4096, "fp32"),
+    ("decompose", 32768, 4096, "bf16"),
+    ("decompose", 32768, 4096, "fp16"),
+    ("decompose", 65536, 576, "fp32"),
+    ("decompose", 256, 4096, "fp32"),  # 4 MiB: cache resident
+    ("layer_norm_out", 32768, 4096, "fp32"),
+    ("rms_norm_out", 32768, 4096, "fp32"),
+    ("layer_norm", 32768, 4096, "fp32"),
+    ("rms_norm", 32768, 4096, "fp32"),
+    ("layer_norm", 32768, 4096, "bf16"),
+    ("rms_norm", 32768, 4096, "bf16"),
+    ("layer_norm", 65536, 576, "fp32"),
+    ("rms_norm", 65536, 576, "fp32"),
+]
+
+
+def environment() -> dict:
+    """What a reader needs to interpret the numbers: machine, threads, libraries, allocator."""
+    torch = _torch()
+    env = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "geonorm": kernel_info(),
+        "numpy": np.__version__,
+        "numpy_threads": 1,
+        "torch": None if torch is None else torch.__version__,
+        "torch_threads": None if torch is None else torch.get_num_threads(),
+        "allocator": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))} or "glibc default",
+    }
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[Row]) -> str:
+    """The Markdown table `geonorm bench` prints."""
+    head = ("| op | dtype | shape | geonorm GB/s | torch GB/s | probe GB/s | vs probe | vs torch | vs NumPy |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r.op} | {r.dtype} | {r.shape} | {r.geonorm_gbs:.1f} | {_fmt(r.torch_gbs)} | "
+                     f"{r.probe_gbs:.1f} | {r.vs_probe:.2f} | {_fmt(r.vs_torch, '.2f')}x | "
+                     f"{_fmt(r.vs_numpy, '.1f')}x |")
+    return "\n".join(lines)
+
+
+def run(cases=CASES, repeats: int = 7, scale: float = 1.0, progress: Callable[[str], None] | None = None) -> list[Row]:
+    """Run every case (rows scaled by ``scale``, at least 64) and return the rows."""
+    out = []
+    for op, rows, d, dtype in cases:
+        if progress:
+            progress(f"{op} {dtype} {rows}x{d}")
+        out.append(bench_case(op, max(64, int(rows * scale)), d, dtype, repeats))
+    return out
+
+
+def header(env: dict) -> str:
+    g = env["geonorm"]
+    return (f"machine: {env['cpu']}, {env['cores']} cores; geonorm {g['simd']} path, {g['num_threads']} threads; "
+            f"torch {env['torch']} ({env['torch_threads']} threads); NumPy {env['numpy']} (1 thread); "
+            f"allocator: {env['allocator']}")
+

@@ -1,0 +1,83 @@
+"""Which kernels run and on how many threads.
+
+``GEONORM_SIMD=scalar|avx2|avx512`` forces a SIMD path at import (where the CPU
+has it); ``GEONORM_NUM_THREADS`` sets the default thread count (else OpenMP's
+default, i.e. ``OMP_NUM_THREADS`` or the number of cores).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+from ._native import _core
+
+_num_threads: int = 0  # 0: not chosen yet
+
+
+def _env_threads() -> int:
+    value = os.environ.get("GEONORM_NUM_THREADS", "")
+    if value.strip():
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n >= 1:
+            return n
+        warnings.warn(f"GEONORM_NUM_THREADS must be a positive integer, got {value!r}; ignored",
+                      RuntimeWarning, stacklevel=3)
+    return _core.max_threads()
+
+
+def get_num_threads() -> int:
+    """The thread count ops use when called with ``num_threads=None``."""
+    global _num_threads
+    if _num_threads == 0:
+        _num_threads = _env_threads()
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Set the default thread count; results are bitwise identical for any n."""
+    global _num_threads
+    _num_threads = resolve_threads(n)
+
+
+def resolve_threads(num_threads: int | None) -> int:
+    if num_threads is None:
+        return get_num_threads()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    return num_threads
+
+
+def kernel_info() -> dict:
+    """What runs here: the active SIMD path, the paths this CPU supports, threads.
+
+    Returns
+    -------
+    dict
+        ``simd``: the active path (``"scalar"``, ``"avx2"`` or ``"avx512"``);
+        ``available``: every path this CPU runs; ``forced``: the value of
+        ``GEONORM_SIMD`` if set; ``openmp``: built with OpenMP; ``num_threads``.
+    """
+    return {
+        "simd": _core.simd_active(),
+        "available": _core.simd_supported(),
+        "forced": os.environ.get("GEONORM_SIMD") or None,
+        "openmp": _core.openmp(),
+        "num_threads": get_num_threads(),
+    }
+
+
+def _apply_env_simd() -> None:
+    forced = os.environ.get("GEONORM_SIMD", "").strip().lower()
+    if not forced:
+        return
+    try:
+        _core.set_simd(forced)
+    except ValueError as err:
+        warnings.warn(f"GEONORM_SIMD={forced!r} ignored: {err}; running {_core.simd_active()!r}",
+                      RuntimeWarning, stacklevel=3)
+
+
+_apply_env_simd()

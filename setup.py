@@ -1,0 +1,33 @@
+"""Builds geonorm's native core: one C translation unit (geonorm.c) with OpenMP
+and per-function SIMD targets, wrapped by Cython.  The build is portable (no
+-march=native): the CPU is probed at run time.  GEONORM_NO_OPENMP=1 builds
+without OpenMP (single-threaded) for compilers that lack it."""
+import os
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+native = "geonorm_core/_native"
+openmp = [] if os.environ.get("GEONORM_NO_OPENMP") else ["-fopenmp"]
+compile_args = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", *openmp]
+if sys.platform == "darwin" and openmp:
+    compile_args = [a for a in compile_args if a != "-fopenmp"] + ["-Xpreprocessor", "-fopenmp"]
+
+core = Extension(
+    "geonorm_core._native._core",
+    sources=[f"{native}/_core.pyx", f"{native}/geonorm.c"],
+    depends=[f"{native}/{h}" for h in
+             ("geonorm.h", "dtypes.h", "kernels_scalar.h", "kernels_narrow.h", "kernels_f64.h", "kernels_path.h")],
+    include_dirs=[native],
+    extra_compile_args=compile_args,
+    extra_link_args=openmp,
+)
+
+setup(
+    ext_modules=cythonize([core], language_level=3),
+    # proofs/ lives at the top of the repository but installs inside the package,
+    # so no generic top-level name lands in a user's site-packages.
+    packages=["geonorm_core", "geonorm_core._native", "geonorm_core.proofs"],
+    package_dir={"geonorm_core.proofs": "proofs"},
+)

@@ -1,0 +1,35 @@
+"""Shared fixtures: every SIMD path this CPU runs, and a seeded RNG."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/nasty.py
+
+import geonorm_core as gn  # noqa: E402
+from geonorm_core._native import _core  # noqa: E402
+
+DEFAULT_SIMD = gn.kernel_info()["simd"]
+SIMD_PATHS = tuple(gn.kernel_info()["available"])
+
+
+@pytest.fixture(params=SIMD_PATHS)
+def simd(request):
+    """Force one SIMD path for the test, then restore the import-time default."""
+    _core.set_simd(request.param)
+    try:
+        assert gn.kernel_info()["simd"] == request.param
+        yield request.param
+    finally:
+        _core.set_simd(DEFAULT_SIMD)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id, so failures reproduce."""
+    seed = sum(map(ord, request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)

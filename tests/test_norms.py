@@ -1,0 +1,248 @@
+"""layer_norm, rms_norm, remove_uniform against the oracle, torch, and the geometry."""
+
+import math
+
+import numpy as np
+import pytest
+
+import geonorm_core as gn
+from geonorm_core import slow
+from nasty import (DIMS, DTYPES, assert_norm_output, dtype_name, extreme_rows_f64, f64,
+                   nasty_rows, row_max)
+
+OPS = ("layer_norm", "rms_norm", "remove_uniform")
+
+
+def affine(d, dtype, seed=0):
+    rng = np.random.default_rng(seed + d)
+    w = rng.uniform(0.5, 2.0, d).astype(dtype)
+    b = rng.normal(0.0, 1.0, d).astype(dtype)
+    return w, b
+
+
+def check_op(op, x, w=None, b=None, eps=None, out_dtype=None, where="", got=None):
+    """Run gn.<op> (unless `got` is given) and compare with slow.<op> at the output's precision."""
+    out_dtype = np.dtype(out_dtype or x.dtype)
+    kw = {} if eps is None else {"eps": eps}
+    if op == "layer_norm":
+        got = gn.layer_norm(x, w, b, **kw) if got is None else got
+        ref = slow.layer_norm(x, w, b, **kw)
+        plain = slow.layer_norm(x, **kw)
+        wmax = 1.0 if w is None else float(np.abs(f64(w)).max())
+        bmax = 0.0 if b is None else float(np.abs(f64(b)).max())
+        scale = row_max(plain) * wmax + bmax
+        # the oracle's mean carries float64 rounding of size eps64*|x|
+        dec = slow.decompose(x)
+        e = 1e-5 if eps is None else eps
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.nan_to_num(1 / np.hypot(dec.std, math.sqrt(e)), posinf=0.0)
+        in_scale = row_max(f64(x)) * inv[..., None] * wmax
+    elif op == "rms_norm":
+        got = gn.rms_norm(x, w, **kw) if got is None else got
+        ref = slow.rms_norm(x, w, **kw)
+        scale, in_scale = row_max(ref), 0.0
+    else:
+        got = gn.remove_uniform(x) if got is None else got
+        ref = slow.remove_uniform(x)
+        scale, in_scale = row_max(ref), row_max(f64(x))
+    assert got.shape == x.shape, f"{op}{where}: shape {got.shape} != {x.shape}"
+    # the input's dtype; a big-endian input may come back in either byte order
+    assert dtype_name(got) == out_dtype.name, f"{op}{where}: dtype {got.dtype} != {out_dtype}"
+    assert_norm_output(got, ref, out_dtype, scale, in_scale, where=where, name=op)
+    return got
+
+
+# ------------------------------------------------------------- the oracle
+
+
+def test_oracle_hand_computed():
+    x = np.array([[1.0, 2, 3, 4], [3, 3, 3, 3], [0, 0, 0, 0]])
+    s = math.sqrt(1.25)
+    np.testing.assert_allclose(slow.layer_norm(x, eps=0)[0], [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], rtol=1e-15)
+    assert np.isnan(slow.layer_norm(x, eps=0)[1:]).all()  # constant row, eps = 0: 0/0
+    np.testing.assert_allclose(slow.layer_norm(x, eps=1.0)[1:], 0, atol=0)
+    w, b = np.array([1.0, 2, 3, 4]), np.array([0.5, 0, 0, -1])
+    np.testing.assert_allclose(
+        slow.layer_norm(x[:1], w, b, eps=0.75)[0], np.array([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(2) * w + b,
+        rtol=1e-15)
+    rms = math.sqrt(7.5)
+    np.testing.assert_allclose(slow.rms_norm(x, eps=0)[0], x[0] / rms, rtol=1e-15)
+    np.testing.assert_allclose(slow.rms_norm(x, w, eps=0.5)[1], 3 / math.sqrt(9.5) * w, rtol=1e-15)
+    np.testing.assert_array_equal(slow.rms_norm(x, eps=1e-6)[2], 0)
+    np.testing.assert_array_equal(slow.remove_uniform(x), [[-1.5, -0.5, 0.5, 1.5], [0] * 4, [0] * 4])
+
+
+def test_oracle_extreme_rows_agree_with_the_formula():
+    x = np.array([[1e300, -1e300, 3e300], [1e-300, 2e-300, 0.0]])
+    scaled = x / np.abs(x).max(axis=1, keepdims=True)
+    want = slow.layer_norm(scaled, eps=0)  # layer_norm with eps=0 is scale-free
+    np.testing.assert_allclose(slow.layer_norm(x, eps=0), want, rtol=1e-15)
+    np.testing.assert_allclose(slow.rms_norm(x, eps=0), slow.rms_norm(scaled, eps=0), rtol=1e-15)
+    # with eps the tiny row is dominated by eps: y = (x - mu)/sqrt(eps)
+    np.testing.assert_allclose(slow.layer_norm(x, eps=1e-5)[1], (x[1] - 1e-300) / math.sqrt(1e-5), rtol=1e-15)
+
+
+# ------------------------------------------------------ native vs oracle
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_matches_oracle(simd, op, dtype, d):
+    x = nasty_rows(d, DTYPES[dtype])
+    w, b = affine(d, DTYPES[dtype])
+    where = f" [{simd} {dtype} d={d}]"
+    if op == "layer_norm":
+        check_op(op, x, w, b, where=where)
+        check_op(op, x, where=where + " no affine")
+    elif op == "rms_norm":
+        check_op(op, x, w, where=where)
+        check_op(op, x, where=where + " no weight")
+    else:
+        check_op(op, x, where=where)
+
+
+@pytest.mark.parametrize("eps", (0.0, 1e-5))
+@pytest.mark.parametrize("d", (1, 3, 17, 64))
+@pytest.mark.parametrize("op", OPS)
+def test_float64_extreme_range(simd, op, d, eps):
+    """Rows at 1e+-300 and double subnormals: the statistics must not overflow or flush to 0."""
+    x = extreme_rows_f64(d)
+    w, b = affine(d, np.float64)
+    where = f" [{simd} d={d} eps={eps}]"
+    if op == "layer_norm":
+        check_op(op, x, eps=eps, where=where)
+        check_op(op, x, w, b, eps=eps, where=where)
+    elif op == "rms_norm":
+        check_op(op, x, w, eps=eps, where=where)
+    elif eps:
+        check_op(op, x, where=where)
+
+
+@pytest.mark.parametrize("eps", (0.0, 1e-12, 1e-5, 1.0, 1e3))
+@pytest.mark.parametrize("op", ("layer_norm", "rms_norm"))
+def test_eps(simd, op, eps):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((6, 33)) * np.array([1e-4, 1e-2, 1, 10, 1e3, 1e-20])[:, None]).astype(np.float32)
+    check_op(op, x, eps=eps, where=f" [{simd} eps={eps}]")
+
+
+def test_eps_zero_on_constant_and_zero_rows(simd):
+    """DESIGN.md: a constant row with eps = 0 is undefined -> NaN, counted; eps > 0 is exact."""
+    x = np.array([[2.0] * 17, [0.0] * 17, list(range(17))], dtype=np.float32)
+    ln = gn.layer_norm(x, eps=0.0)
+    assert np.isnan(ln[:2]).all() and np.isfinite(ln[2]).all()
+    rn = gn.rms_norm(x, eps=0.0)
+    assert np.isnan(rn[1]).all() and np.isfinite(rn[[0, 2]]).all()
+    w, b = affine(17, np.float32)
+    np.testing.assert_array_equal(gn.layer_norm(x, w, b, eps=1e-5)[:2], np.stack([b, b]))
+    np.testing.assert_array_equal(gn.rms_norm(x, w, eps=1e-6)[1], 0)
+    np.testing.assert_array_equal(gn.remove_uniform(x)[:2], 0)
+
+
+@pytest.mark.parametrize("wdtype", ("float16", "float32", "float64", "bfloat16"))
+@pytest.mark.parametrize("dtype", ("float32", "float16", "bfloat16", "float64"))
+def test_weight_of_another_float_dtype(dtype, wdtype):
+    """weight/bias need only be float: any float dtype with any input dtype."""
+    x = nasty_rows(33, DTYPES[dtype])
+    w, b = affine(33, DTYPES[wdtype], seed=1)
+    got = gn.layer_norm(x, w, b)
+    assert got.dtype == x.dtype
+    check_op("layer_norm", x, w, b, got=got, where=f" [{dtype} x, {wdtype} weight]")
+    check_op("rms_norm", x, w, where=f" [{dtype} x, {wdtype} weight]")
+
+
+# ------------------------------------------------------------ geometry
+
+
+def test_standardized_rows_lie_on_the_sphere_orthogonal_to_ones(simd):
+    """G6, G7: ||y|| = sqrt(d) and y . 1 = 0 (eps = 0); ||y|| < sqrt(d) with eps."""
+    rng = np.random.default_rng(8)
+    d = 97
+    x = rng.standard_normal((40, d)) * rng.uniform(0.1, 10, (40, 1)) + rng.uniform(-50, 50, (40, 1))
+    y = gn.layer_norm(x, eps=0.0)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), math.sqrt(d), rtol=1e-13)
+    np.testing.assert_allclose(y.sum(axis=1), 0, atol=1e-12)
+    y_eps = gn.layer_norm(x, eps=1e-2)
+    assert (np.linalg.norm(y_eps, axis=1) < math.sqrt(d)).all()
+    np.testing.assert_allclose(y_eps.sum(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(gn.remove_uniform(x).sum(axis=1), 0, atol=1e-12 * np.abs(x).max())
+
+
+def test_layer_norm_is_rms_norm_of_the_perp_component(simd):
+    """G9: LN_{w,b}(x) = RMSNorm_w(Px) + b, eps included."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((30, 64)) + 3.0
+    w, b = affine(64, np.float64)
+    lhs = gn.layer_norm(x, w, b, eps=1e-3)
+    rhs = gn.rms_norm(gn.remove_uniform(x), w, eps=1e-3) + b
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-13, atol=1e-13)
+
+
+# --------------------------------------------------------------- torch
+
+
+@pytest.mark.parametrize("d", (7, 64, 576))
+@pytest.mark.parametrize("dtype", ("float32", "float16", "bfloat16", "float64"))
+@pytest.mark.parametrize("op", ("layer_norm", "rms_norm"))
+def test_agrees_with_torch(simd, op, dtype, d):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    tdt = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(d)
+    x = (torch.randn(64, d, generator=g, dtype=torch.float64) * 2 + 0.5).to(tdt)
+    w = (torch.rand(d, generator=g, dtype=torch.float64) + 0.5).to(tdt)
+    b = torch.randn(d, generator=g, dtype=torch.float64).to(tdt)
+    if op == "layer_norm":
+        for eps in (1e-5, 1e-2):
+            torch.testing.assert_close(gn.layer_norm(x, w, b, eps=eps), F.layer_norm(x, (d,), w, b, eps=eps))
+            torch.testing.assert_close(gn.layer_norm(x, eps=eps), F.layer_norm(x, (d,), eps=eps))
+    else:
+        for eps in (1e-6, 1e-2):
+            torch.testing.assert_close(gn.rms_norm(x, w, eps=eps), F.rms_norm(x, (d,), w, eps=eps))
+            torch.testing.assert_close(gn.rms_norm(x, eps=eps), F.rms_norm(x, (d,), eps=eps))
+
+
+def test_torch_and_one_pass_lose_accuracy_where_geonorm_does_not(simd):
+    """fp32 rows with |mean| = 1e4 * std: torch's layer_norm is off by ~1e-3 and the
+    one-pass E[x^2] - mu^2 (in fp32) gets the std wrong by > 50%; geonorm stays at
+    the fp32 rounding of the exact answer."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    d = 576
+    x = (1e4 + rng.standard_normal((32, d))).astype(np.float32)
+    ref = slow.layer_norm(x)
+    exact_std = slow.decompose(x).std
+
+    m = x.mean(axis=1, dtype=np.float32)
+    one_pass_std = np.sqrt(np.maximum((x * x).mean(axis=1, dtype=np.float32) - m * m, 0))
+    assert np.max(np.abs(one_pass_std / exact_std - 1)) > 0.5
+    torch_err = np.abs(torch.nn.functional.layer_norm(torch.from_numpy(x), (d,)).double().numpy() - ref).max()
+    assert torch_err > 1e-4
+
+    got = gn.layer_norm(x)
+    assert np.abs(got - ref).max() < 4 * np.finfo(np.float32).eps * np.abs(ref).max()
+    np.testing.assert_allclose(np.asarray(gn.decompose(x).std), exact_std, rtol=1e-6)
+
+
+# ----------------------------------------------------------------- out=
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16", "float64"))
+def test_out_is_filled_and_returned(op, dtype):
+    x = nasty_rows(17, DTYPES[dtype])
+    out = np.full_like(x, np.nan)
+    fn = getattr(gn, op)
+    got = fn(x, out=out)
+    assert got is out
+    check_op(op, x, got=out, where=f" [out=, {dtype}]")
+    # a strided, non-contiguous out is legal too or rejected, never silently wrong
+    wide = np.full((x.shape[0], 2 * x.shape[1]), np.nan, x.dtype)
+    try:
+        got = fn(x, out=wide[:, ::2])
+    except (TypeError, ValueError) as e:
+        assert "out" in str(e)
+    else:
+        check_op(op, x, got=wide[:, ::2], where=f" [strided out=, {dtype}]")
+        assert np.isnan(f64(wide[:, 1::2])).all()
