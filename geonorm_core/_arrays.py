@@ -66,13 +66,13 @@ def as_rows(x: Any, name: str = "x") -> np.ndarray:
 
 
 def as_vector(v: Any, name: str, d: int, dtype: np.dtype) -> np.ndarray | None:
-    """A gain or bias: None, or d values converted to the compute dtype, contiguous."""
+    """A gain or bias: None, or a private contiguous copy of its d values in the compute dtype."""
     if v is None:
         return None
     arr = as_array(v, name)
     if arr.shape != (d,):
         raise ValueError(f"{name} must have shape ({d},) to match the last axis of x, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.array(arr, dtype=dtype, order="C", copy=True)  # d values: a copy costs nothing and cannot alias out=
 
 
 @dataclass(frozen=True)

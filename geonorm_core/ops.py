@@ -16,7 +16,7 @@ from . import _arrays
 from ._native import _core
 from .runtime import resolve_threads
 
-_QUANTITIES = ("mean", "coef", "norm", "perp_norm", "cos", "angle")  # geonorm.h's order
+_QUANTITIES = ("mean", "coef", "norm", "perp_norm", "cos", "angle", "max_abs")  # geonorm.h's order
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Decomposition:
     perp_norm : ||P x|| = ||x - mu 1|| (G4, G5).
     cos : cos theta = coef / norm; NaN for the zero vector.
     angle : theta = angle(x, 1) in degrees, atan2(perp_norm, coef); NaN for the zero vector.
+    max_abs : max_i |x_i|, the largest component (massive activations show here).
     d : the dimension.
 
     Rows with NaN or Inf give NaN in every field; they and zero rows are counted
@@ -43,6 +44,7 @@ class Decomposition:
     perp_norm: np.ndarray
     cos: np.ndarray
     angle: np.ndarray
+    max_abs: np.ndarray
     d: int
 
     @property

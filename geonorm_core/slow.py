@@ -9,8 +9,9 @@ The twins favour being evidently right over being fast:
 * each row is scaled by an exact power of two, 2**-e with e from ``np.frexp``
   of the row's largest magnitude, so that no sum below can overflow or
   underflow, and the scale is undone exactly at the end;
-* statistics use the plain two-pass formulas (mean first, then the squared
-  deviations), never the one-pass E[x^2] - mu^2 (DESIGN.md, Conventions).
+* statistics use the two-pass formulas (mean first, then the squared
+  deviations), never the one-pass E[x^2] - mu^2 (DESIGN.md, Conventions);
+  the mean gets one correcting pass so that it is as accurate as float64 allows.
 
 Rows holding NaN or +-Inf give NaN everywhere; an all-zero row gives 0 for
 every statistic except ``cos`` and ``angle``, which are NaN (the angle with
@@ -60,6 +61,16 @@ def _scaled_rows(x):
     return xs, e, bad
 
 
+def _mean(xs):
+    """Row means (keepdims).  The second pass adds the mean of the deviations
+    from the first: it undoes the first pass's rounding (the corrected two-pass
+    algorithm), so a constant row gets its constant back exactly and ||Px||
+    is 0 for it, not sqrt(d) times a rounding error."""
+    d = xs.shape[-1]
+    m = xs.sum(axis=-1, keepdims=True) / d
+    return m + (xs - m).sum(axis=-1, keepdims=True) / d
+
+
 @dataclass
 class SlowDecomposition:
     """Per-row decomposition of x along the uniform vector **1** (float64).
@@ -67,7 +78,7 @@ class SlowDecomposition:
     mean = mu (G1); coef = x.u = sqrt(d) mu (G2); norm = ||x||;
     perp_norm = ||Px|| = ||x - mu 1|| (G4, G5); cos = cos(x, 1) (G2);
     angle = angle(x, 1) in degrees; std = ||Px||/sqrt(d) (G5);
-    rms = ||x||/sqrt(d).
+    rms = ||x||/sqrt(d); max_abs = max_i |x_i|.
     """
 
     mean: np.ndarray
@@ -76,6 +87,7 @@ class SlowDecomposition:
     perp_norm: np.ndarray
     cos: np.ndarray
     angle: np.ndarray
+    max_abs: np.ndarray
     d: int
 
     @property
@@ -102,7 +114,7 @@ def decompose(x) -> SlowDecomposition:
     """
     xs, e, bad = _scaled_rows(x)
     d = xs.shape[-1]
-    mean = xs.sum(axis=-1) / d
+    mean = _mean(xs)[..., 0]
     perp = np.sqrt(((xs - mean[..., None]) ** 2).sum(axis=-1))
     norm = np.sqrt((xs**2).sum(axis=-1))
     coef = np.sqrt(d) * mean
@@ -121,6 +133,7 @@ def decompose(x) -> SlowDecomposition:
         perp_norm=unscale(perp),
         cos=np.where(bad, np.nan, cos),
         angle=np.where(bad, np.nan, angle),
+        max_abs=unscale(np.abs(xs).max(axis=-1)),
         d=d,
     )
 
@@ -148,8 +161,7 @@ def rotation(x, y) -> np.ndarray:
 def remove_uniform(x) -> np.ndarray:
     """P x = x - mu 1, the component of x orthogonal to **1** (G3, G4)."""
     xs, e, bad = _scaled_rows(x)
-    mean = xs.sum(axis=-1, keepdims=True) / xs.shape[-1]
-    out = np.ldexp(xs - mean, e[..., None])
+    out = np.ldexp(xs - _mean(xs), e[..., None])
     return np.where(bad[..., None], np.nan, out)
 
 
@@ -190,7 +202,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5) -> np.ndarray:
     """
     xs, e, bad = _scaled_rows(x)
     d = xs.shape[-1]
-    dev = xs - xs.sum(axis=-1, keepdims=True) / d
+    dev = xs - _mean(xs)
     var = (dev**2).sum(axis=-1) / d
     y = _normalize(dev, e, bad, var, eps)
     w, b = _weight(weight, d, "weight"), _weight(bias, d, "bias")

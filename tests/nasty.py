@@ -7,8 +7,13 @@ here depends on how a value got rounded into the dtype.
 
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
+
+import geonorm_core as gn
+from geonorm_core import slow
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = {
@@ -17,7 +22,6 @@ DTYPES = {
     "float64": np.dtype(np.float64),
     "bfloat16": BF16,
 }
-NARROW = ("float16", "float32", "bfloat16")
 # Lengths around every vector width (4/8/16 lanes) plus the real model sizes.
 DIMS = (1, 2, 3, 7, 15, 16, 17, 31, 33, 64, 576, 4097)
 
@@ -62,6 +66,7 @@ def nasty_rows(d: int, dtype, seed: int = 0) -> np.ndarray:
     mean-dominated rows (|mean|/std up to 1e6, both signs), massive single
     entries (1e4-1e5 beside O(1) values, at the first, middle and last
     position so every SIMD tail sees one), whole-row magnitudes 1e-30..1e30,
+    rows up to the largest finite value of a 16/32-bit dtype,
     rows mixing those magnitudes, subnormals of the dtype, constant rows
     (angle 0/180), exactly-zero-mean rows (angle 90), one-hot, ramps and an
     all-zero row (undefined angle).
@@ -88,6 +93,9 @@ def nasty_rows(d: int, dtype, seed: int = 0) -> np.ndarray:
     lo, hi = np.log10(float(fi.tiny)) + 1, np.log10(big / (10 * d))
     lo, hi = max(lo, -30.0), min(hi, 30.0)
     rows.append(rng.choice([-1.0, 1.0], d) * 10 ** rng.uniform(lo, hi, d))
+    if dtype.itemsize < 8:  # up to the dtype's largest values: squares overflow fp32
+        rows.append(rng.uniform(-0.5, 0.5, d) * big)
+        rows.append(np.full(d, big) * rng.choice([-1.0, 1.0]))
     sub = float(fi.smallest_subnormal)
     rows.append(rng.uniform(-1, 1, d) * float(fi.tiny))  # mostly subnormal
     rows.append(rng.choice([-1.0, 1.0], d) * sub * rng.integers(1, 4, d))
@@ -227,6 +235,7 @@ def assert_decomposition(dec, ref, dtype, where=""):
     rms = norm / np.sqrt(ref.d)
     perp_floor = 8 * EPS64 * coef
     _close("mean", dec.mean, ref.mean, rtol * rms + floor, where)
+    _close("max_abs", dec.max_abs, ref.max_abs, 0 * rms, where)  # a max is exact
     _close("coef", dec.coef, ref.coef, rtol * norm + floor, where)
     _close("norm", dec.norm, ref.norm, rtol * norm + floor, where)
     _close("rms", dec.rms, ref.rms, rtol * rms + floor, where)
@@ -269,3 +278,35 @@ def assert_norm_output(got, ref, out_dtype, row_scale, input_scale=0.0, where=""
         ref_rounded = f64(np.asarray(ref).astype(out_dtype))
     ref = np.where(np.isinf(ref_rounded), ref_rounded, ref)
     _close(name, got, ref, tol, where)
+
+
+def check_op(op, x, w=None, b=None, eps=None, out_dtype=None, where="", got=None):
+    """Run gn.<op> (unless `got` is given) and compare with slow.<op> at the output's precision."""
+    out_dtype = np.dtype(out_dtype or x.dtype)
+    kw = {} if eps is None else {"eps": eps}
+    if op == "layer_norm":
+        got = gn.layer_norm(x, w, b, **kw) if got is None else got
+        ref = slow.layer_norm(x, w, b, **kw)
+        plain = slow.layer_norm(x, **kw)
+        wmax = 1.0 if w is None else float(np.abs(f64(w)).max())
+        bmax = 0.0 if b is None else float(np.abs(f64(b)).max())
+        scale = row_max(plain) * wmax + bmax
+        # the oracle's mean carries float64 rounding of size eps64*|x|
+        dec = slow.decompose(x)
+        e = 1e-5 if eps is None else eps
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            inv = np.nan_to_num(1 / np.hypot(dec.std, math.sqrt(e)), posinf=0.0)
+        in_scale = row_max(f64(x)) * inv[..., None] * wmax
+    elif op == "rms_norm":
+        got = gn.rms_norm(x, w, **kw) if got is None else got
+        ref = slow.rms_norm(x, w, **kw)
+        scale, in_scale = row_max(ref), 0.0
+    else:
+        got = gn.remove_uniform(x) if got is None else got
+        ref = slow.remove_uniform(x)
+        scale, in_scale = row_max(ref), row_max(f64(x))
+    assert got.shape == x.shape, f"{op}{where}: shape {got.shape} != {x.shape}"
+    # the input's dtype; a big-endian input may come back in either byte order
+    assert dtype_name(got) == out_dtype.name, f"{op}{where}: dtype {got.dtype} != {out_dtype}"
+    assert_norm_output(got, ref, out_dtype, scale, in_scale, where=where, name=op)
+    return got

@@ -105,8 +105,8 @@ def test_output_types_and_shapes():
         v = np.asarray(getattr(dec, f))
         assert v.shape == (2, 3, 5), f
         assert v.dtype == np.float64, f
-    np.testing.assert_array_equal(np.asarray(dec.std), np.asarray(dec.perp_norm) / np.sqrt(8))
-    np.testing.assert_array_equal(np.asarray(dec.rms), np.asarray(dec.norm) / np.sqrt(8))
+    np.testing.assert_allclose(np.asarray(dec.std), np.asarray(dec.perp_norm) / np.sqrt(8), rtol=4e-16)
+    np.testing.assert_allclose(np.asarray(dec.rms), np.asarray(dec.norm) / np.sqrt(8), rtol=4e-16)
     one = gn.decompose(x[0, 0, 0])
     for f in FIELDS:
         assert np.asarray(getattr(one, f)).shape == (), f

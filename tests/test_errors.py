@@ -7,9 +7,8 @@ import pytest
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import (DTYPES, assert_angles, assert_decomposition, f64, nasty_rows,
+from nasty import (DTYPES, assert_angles, assert_decomposition, check_op, f64, nasty_rows,
                    with_nonfinite)
-from test_norms import check_op
 
 D = 8
 X = np.random.default_rng(0).standard_normal((4, D)).astype(np.float32)
@@ -61,6 +60,14 @@ def test_empty_vectors(op):
 def test_non_float_x(op, dtype):
     x = X.astype(dtype)
     refused(lambda: ALL_OPS[op](x), "x", dtype if dtype != "bool" else "bool", r"float")
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_unsupported_float_x(op):
+    if np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("long double is double on this platform")
+    x = X.astype(np.longdouble)
+    refused(lambda: ALL_OPS[op](x), "x", np.dtype(np.longdouble).name, r"float16|float32")
 
 
 @pytest.mark.parametrize("op", ALL_OPS)
@@ -178,3 +185,27 @@ def test_zero_vector_is_undefined_and_counted(simd):
         v = np.asarray(getattr(dec, f))
         assert v[0] == 0 and v[2] == 0, f
     assert np.isnan(np.asarray(gn.rotation(x, x))[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("op, which", [("layer_norm", "weight"), ("layer_norm", "bias"), ("rms_norm", "weight")])
+def test_out_overlapping_weight_or_bias(op, which):
+    """DESIGN.md: never a silent wrong number -- an out= that aliases weight or bias must be
+    refused (naming out) or give the same result as separate arrays."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, D)).astype(np.float32)
+    w = rng.uniform(0.5, 2, D).astype(np.float32)
+    b = rng.standard_normal(D).astype(np.float32)
+    out = np.zeros_like(x)
+    out[0], out[1] = w, b
+    weight = out[0] if which == "weight" else w
+    if op == "layer_norm":
+        bias = out[1] if which == "bias" else b
+        call, ref = (lambda: gn.layer_norm(x, weight, bias, out=out)), slow.layer_norm(x, w, b)
+    else:
+        call, ref = (lambda: gn.rms_norm(x, weight, out=out)), slow.rms_norm(x, w)
+    try:
+        got = call()
+    except (TypeError, ValueError) as e:
+        assert re.search(r"(?<![A-Za-z0-9_])out(?![A-Za-z0-9_])", str(e)), str(e)
+        return
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6, err_msg=f"out aliases {which}")

@@ -8,8 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import DTYPES, assert_angles, assert_decomposition, f64, layouts
-from test_norms import check_op
+from nasty import DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts
 
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -24,8 +23,8 @@ SPECIALS = [0.0, -0.0, 1.0, -1.0, 1e-45, -1e-40, 5e-324, 1e-310, 65504.0, 1e4, -
 @st.composite
 def batches(draw, nonfinite=True):
     dtype = draw(st.sampled_from(sorted(DTYPES)))
-    lead = tuple(draw(st.lists(st.integers(0, 4), max_size=2)))
-    d = draw(st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 127, 129, 576])))
+    d = draw(st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 127, 129, 576, 4097])))
+    lead = tuple(draw(st.lists(st.integers(0, 4), max_size=2 if d < 1000 else 1)))
     lim = float({16: np.float16, 32: np.float32, 64: np.float64}[WIDTH[dtype]](LIMIT[dtype]))
     specials = [v for v in SPECIALS if abs(v) <= lim]
     elements = st.one_of(
@@ -75,9 +74,11 @@ def test_rotation(simd, case, how, data):
 
 @FUZZ
 @given(case=batches(), op=st.sampled_from(["layer_norm", "rms_norm", "remove_uniform"]),
-       eps=st.sampled_from([1e-5, 1e-2]), affine=st.booleans(), data=st.data())
+       eps=st.sampled_from([1e-5, 1e-2, 0.0]), affine=st.booleans(), data=st.data())
 def test_norm_ops(simd, case, op, eps, affine, data):
     dtype, x = case
+    if eps == 0 and dtype == "float64":
+        eps = 1e-5  # a float64 constant row's rounded mean makes eps = 0 ill-posed (0/0 vs noise)
     d = x.shape[-1]
     w = b = None
     if affine:

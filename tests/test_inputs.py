@@ -1,5 +1,6 @@
 """Inputs of every kind: dtypes, layouts, shapes, torch tensors, threads, SIMD selection."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -10,9 +11,8 @@ import pytest
 import geonorm_core as gn
 from geonorm_core import slow
 from geonorm_core._native import _core
-from nasty import (DTYPES, assert_angles, assert_decomposition, f64, layouts,
+from nasty import (DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts,
                    nasty_rows)
-from test_norms import check_op
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,6 +96,27 @@ def test_nd_shapes(shape):
     np.testing.assert_array_equal(np.asarray(dec.angle).ravel(), np.asarray(flat.angle))
 
 
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16", "float64"))
+def test_nd_non_contiguous_layouts(simd, dtype):
+    """Leading axes that cannot be merged into one row stride: permuted, sliced, reversed."""
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((3, 4, 5, 6, 9)) * rng.uniform(0.1, 100, (3, 4, 5, 6, 1))
+    base = (base + rng.normal(0, 50, (3, 4, 5, 6, 1))).astype(DTYPES[dtype])
+    views = {
+        "permuted": base.transpose(1, 0, 3, 2, 4),
+        "sliced": base[:, ::2, ::-1, 1:5],
+        "every axis": base[::-1, 1:, ::2, ::-3, ::2],
+        "fortran": np.asfortranarray(base),
+        "last axis moved": np.moveaxis(base, 2, -1),
+        "size-1 axes": base[:, :1, 2:3, ::-2, :],
+    }
+    for name, v in views.items():
+        try:
+            run_all(v, y=v[::-1])
+        except AssertionError as e:
+            raise AssertionError(f"layout {name}: {e}") from None
+
+
 @pytest.mark.parametrize("shape", [(0, 7), (2, 0, 7), (0, 0, 1)])
 def test_empty_batches(shape):
     x = np.zeros(shape, np.float32)
@@ -148,6 +169,25 @@ def test_torch_tensors(simd, dtype):
             check_op(op, x_np, *np_args, got=got, where=where)
 
 
+def test_torch_nd_permuted():
+    torch = pytest.importorskip("torch")
+    t = torch.randn(4, 3, 5, 16, dtype=torch.float64).to(torch.bfloat16).permute(2, 0, 1, 3)[:, ::2]
+    x = t.double().numpy()
+    assert_decomposition(gn.decompose(t), slow.decompose(x), "bfloat16", " [torch permuted]")
+    got = gn.rms_norm(t)
+    assert isinstance(got, torch.Tensor) and got.shape == t.shape and got.dtype == torch.bfloat16
+    check_op("rms_norm", x.astype(DTYPES["bfloat16"]), got=got, where=" [torch permuted]")
+
+
+def test_torch_out():
+    torch = pytest.importorskip("torch")
+    t = torch.randn(5, 33).to(torch.bfloat16)
+    out = torch.full_like(t, float("nan"))
+    got = gn.layer_norm(t, out=out)
+    assert got is out
+    check_op("layer_norm", t.double().numpy().astype(DTYPES["bfloat16"]), got=out, where=" [torch out=]")
+
+
 def test_torch_3d_and_requires_grad():
     torch = pytest.importorskip("torch")
     t = torch.randn(2, 3, 16, dtype=torch.float32, requires_grad=True)
@@ -188,6 +228,28 @@ def test_thread_count_gives_bitwise_identical_results(simd, dtype):
         one = as_bytes(call(1))
         for n in (2, 3, 8):
             assert as_bytes(call(n)) == one, f"{name}: num_threads={n} differs from 1"
+
+
+def test_more_threads_than_rows():
+    x = nasty_rows(17, np.float32)[:3]
+    assert as_bytes(gn.decompose(x, num_threads=8)) == as_bytes(gn.decompose(x, num_threads=1))
+    assert as_bytes(gn.layer_norm(x, num_threads=8)) == as_bytes(gn.layer_norm(x, num_threads=1))
+
+
+def test_concurrent_calls_from_python_threads():
+    """The kernels release the GIL; simultaneous calls must not share scratch state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    inputs = [(rng.standard_normal((300, 8 + 7 * k)) * 10 ** (k % 5) + k).astype(np.float32) for k in range(12)]
+    serial = [(as_bytes(gn.decompose(x)), as_bytes(gn.layer_norm(x)), as_bytes(gn.rotation(x, x[::-1])))
+              for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            parallel = list(pool.map(
+                lambda x: (as_bytes(gn.decompose(x)), as_bytes(gn.layer_norm(x)), as_bytes(gn.rotation(x, x[::-1]))),
+                inputs))
+            assert parallel == serial
 
 
 def test_set_num_threads_roundtrip():
@@ -260,4 +322,4 @@ def test_env_var_forces_the_path_at_import(path):
         here = np.asarray(gn.decompose(x).perp_norm).tolist()
     finally:
         _core.set_simd(before)
-    assert eval(values) == here  # same path, same bits, in or out of process
+    assert ast.literal_eval(values) == here  # same path, same bits, in or out of process

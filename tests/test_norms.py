@@ -7,8 +7,7 @@ import pytest
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import (DIMS, DTYPES, assert_norm_output, dtype_name, extreme_rows_f64, f64,
-                   nasty_rows, row_max)
+from nasty import (DIMS, DTYPES, check_op, extreme_rows_f64, f64, layouts, nasty_rows)
 
 OPS = ("layer_norm", "rms_norm", "remove_uniform")
 
@@ -18,38 +17,6 @@ def affine(d, dtype, seed=0):
     w = rng.uniform(0.5, 2.0, d).astype(dtype)
     b = rng.normal(0.0, 1.0, d).astype(dtype)
     return w, b
-
-
-def check_op(op, x, w=None, b=None, eps=None, out_dtype=None, where="", got=None):
-    """Run gn.<op> (unless `got` is given) and compare with slow.<op> at the output's precision."""
-    out_dtype = np.dtype(out_dtype or x.dtype)
-    kw = {} if eps is None else {"eps": eps}
-    if op == "layer_norm":
-        got = gn.layer_norm(x, w, b, **kw) if got is None else got
-        ref = slow.layer_norm(x, w, b, **kw)
-        plain = slow.layer_norm(x, **kw)
-        wmax = 1.0 if w is None else float(np.abs(f64(w)).max())
-        bmax = 0.0 if b is None else float(np.abs(f64(b)).max())
-        scale = row_max(plain) * wmax + bmax
-        # the oracle's mean carries float64 rounding of size eps64*|x|
-        dec = slow.decompose(x)
-        e = 1e-5 if eps is None else eps
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = np.nan_to_num(1 / np.hypot(dec.std, math.sqrt(e)), posinf=0.0)
-        in_scale = row_max(f64(x)) * inv[..., None] * wmax
-    elif op == "rms_norm":
-        got = gn.rms_norm(x, w, **kw) if got is None else got
-        ref = slow.rms_norm(x, w, **kw)
-        scale, in_scale = row_max(ref), 0.0
-    else:
-        got = gn.remove_uniform(x) if got is None else got
-        ref = slow.remove_uniform(x)
-        scale, in_scale = row_max(ref), row_max(f64(x))
-    assert got.shape == x.shape, f"{op}{where}: shape {got.shape} != {x.shape}"
-    # the input's dtype; a big-endian input may come back in either byte order
-    assert dtype_name(got) == out_dtype.name, f"{op}{where}: dtype {got.dtype} != {out_dtype}"
-    assert_norm_output(got, ref, out_dtype, scale, in_scale, where=where, name=op)
-    return got
 
 
 # ------------------------------------------------------------- the oracle
@@ -76,7 +43,7 @@ def test_oracle_extreme_rows_agree_with_the_formula():
     x = np.array([[1e300, -1e300, 3e300], [1e-300, 2e-300, 0.0]])
     scaled = x / np.abs(x).max(axis=1, keepdims=True)
     want = slow.layer_norm(scaled, eps=0)  # layer_norm with eps=0 is scale-free
-    np.testing.assert_allclose(slow.layer_norm(x, eps=0), want, rtol=1e-15)
+    np.testing.assert_allclose(slow.layer_norm(x, eps=0), want, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(slow.rms_norm(x, eps=0), slow.rms_norm(scaled, eps=0), rtol=1e-15)
     # with eps the tiny row is dominated by eps: y = (x - mu)/sqrt(eps)
     np.testing.assert_allclose(slow.layer_norm(x, eps=1e-5)[1], (x[1] - 1e-300) / math.sqrt(1e-5), rtol=1e-15)
@@ -150,6 +117,16 @@ def test_weight_of_another_float_dtype(dtype, wdtype):
     assert got.dtype == x.dtype
     check_op("layer_norm", x, w, b, got=got, where=f" [{dtype} x, {wdtype} weight]")
     check_op("rms_norm", x, w, where=f" [{dtype} x, {wdtype} weight]")
+
+
+def test_weight_and_bias_layouts(simd):
+    """weight/bias strided, reversed, big-endian, misaligned or read-only read the same values."""
+    x = nasty_rows(33, np.float32)
+    w0, b0 = affine(33, np.float32, seed=2)
+    for (wname, w), (bname, b) in zip(layouts(w0), layouts(b0)):
+        where = f" [weight {wname}, bias {bname}]"
+        check_op("layer_norm", x, w, b, where=where)
+        check_op("rms_norm", x, w, where=where)
 
 
 # ------------------------------------------------------------ geometry

@@ -89,6 +89,21 @@ def test_identical_and_opposite_rows(simd):
     assert np.isnan(same[~nonzero]).all()
 
 
+@pytest.mark.parametrize("ydtype", ("float16", "float32", "bfloat16", "float64"))
+@pytest.mark.parametrize("xdtype", ("float16", "float32", "bfloat16", "float64"))
+def test_mixed_input_dtypes(xdtype, ydtype):
+    """x and y of different float dtypes: the right angle, or a refusal that names y."""
+    x = nasty_rows(17, DTYPES[xdtype])
+    y = partners(x, np.random.default_rng(0))["layer_norm"].astype(DTYPES[ydtype])
+    try:
+        got = gn.rotation(x, y)
+    except (TypeError, ValueError) as e:
+        assert "y" in str(e) and ydtype in str(e)
+        return
+    coarse = "float64" if xdtype == ydtype == "float64" else "float32"
+    assert_angles(got, slow.rotation(x, y), coarse, f" [{xdtype} x, {ydtype} y]")
+
+
 # ------------------------------------------------------------ geometry
 
 

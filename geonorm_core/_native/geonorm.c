@@ -29,7 +29,7 @@
 /* ---------------------------------------------------------------- 1. kernels */
 
 typedef struct {
-    double (*sum)(const void *x, int64_t d);                                 /* sum x         */
+    double (*sum)(const void *x, int64_t d, double *amax);                   /* sum x, max|x| */
     void (*dev)(const void *x, int64_t d, double c, double *q, double *e);   /* sum t^2, sum t */
     double (*sumsq)(const void *x, int64_t d);                               /* sum x^2       */
     void (*affine)(const void *x, void *out, int64_t d, double mu, double scale,
@@ -127,6 +127,12 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #define VD_LOADU _mm512_loadu_pd
 #define VD_STOREU _mm512_storeu_pd
 #define VD_REDUCE _mm512_reduce_add_pd
+#define VF_MAX _mm512_max_ps
+#define VF_ABS _mm512_abs_ps
+#define VF_REDUCE_MAX _mm512_reduce_max_ps
+#define VD_MAX _mm512_max_pd
+#define VD_ABS _mm512_abs_pd
+#define VD_REDUCE_MAX _mm512_reduce_max_pd
 #define VD_LO(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
 #define VD_HI(v) _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
 #define LOAD_F32(p) _mm512_loadu_ps(p)
@@ -172,6 +178,12 @@ GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
 #define VD_LOADU _mm256_loadu_pd
 #define VD_STOREU _mm256_storeu_pd
 #define VD_REDUCE avx2_reduce_pd
+#define VF_MAX _mm256_max_ps
+#define VF_ABS(v) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v)
+#define VF_REDUCE_MAX avx2_reduce_max_ps
+#define VD_MAX _mm256_max_pd
+#define VD_ABS(v) _mm256_andnot_pd(_mm256_set1_pd(-0.0), v)
+#define VD_REDUCE_MAX avx2_reduce_max_pd
 #define VD_LO(v) _mm256_cvtps_pd(_mm256_castps256_ps128(v))
 #define VD_HI(v) _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))
 #define LOAD_F32(p) _mm256_loadu_ps(p)
@@ -186,6 +198,19 @@ GN_TARGET static inline double avx2_reduce_pd(__m256d v)
 {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+GN_TARGET static inline double avx2_reduce_max_pd(__m256d v)
+{
+    __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
+}
+
+GN_TARGET static inline double avx2_reduce_max_ps(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
 
 /* float32 -> 8 packed bf16 (round to nearest even, NaN kept quiet). */
@@ -272,6 +297,7 @@ static double gn_elem(int dtype, const void *row, int64_t i)
 typedef struct {
     double mean, perp, norm;
     int ex;
+    double amax; /* max |x|, not rescaled */
 } gn_moments;
 
 /* Power-of-two exponent that brings the row's max |x| into [0.5, 1); returns 0
@@ -288,6 +314,7 @@ static int gn_row_exponent(int dtype, const void *row, int64_t d, int *ex, gn_mo
         if (a > amax) amax = a;
     }
     m->ex = 0;
+    m->amax = isfinite(amax) ? amax : NAN;
     if (!isfinite(amax)) {
         m->mean = m->perp = m->norm = NAN;
         return 0;
@@ -329,7 +356,7 @@ static void gn_row_moments_exact(int dtype, const void *row, int64_t d, gn_momen
 static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int64_t d, gn_moments *m)
 {
     const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100; /* below: squares lost to underflow */
-    double c = k[dtype].sum(row, d) / (double)d;
+    double c = k[dtype].sum(row, d, &m->amax) / (double)d;
     if (isfinite(c)) {
         double q, e;
         k[dtype].dev(row, d, c, &q, &e);
@@ -380,6 +407,7 @@ static void gn_row_decompose(const gn_kernels *k, int dtype, const void *row, in
     out[GN_PERP_NORM * qstride] = ldexp(m.perp, m.ex);
     out[GN_COS * qstride] = cos;
     out[GN_ANGLE * qstride] = angle;
+    out[GN_MAX_ABS * qstride] = m.amax;
 }
 
 static void gn_store(int dtype, void *row, int64_t i, double v)

@@ -24,9 +24,9 @@ typedef struct {
     int dtype;
 } gn_rows;
 
-/* The six quantities of decompose, in this order: quantity q of row r is
+/* The quantities of decompose, in this order: quantity q of row r is
  * out[q * qstride + r], so one output array can serve several calls. */
-enum { GN_MEAN = 0, GN_COEF, GN_NORM, GN_PERP_NORM, GN_COS, GN_ANGLE, GN_NQUANT };
+enum { GN_MEAN = 0, GN_COEF, GN_NORM, GN_PERP_NORM, GN_COS, GN_ANGLE, GN_MAX_ABS, GN_NQUANT };
 
 int gn_simd_supported(int level); /* 1 when this CPU runs the path */
 int gn_simd_set(int level);       /* 0 on success, -1 when unsupported */

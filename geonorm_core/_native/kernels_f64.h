@@ -3,17 +3,24 @@
 
 #define GN_FN(op) GN_CAT(GN_ISA, op, f64)
 
-GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d)
+GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
 {
     const double *x = (const double *)xv;
-    VD a = VD_ZERO, b = VD_ZERO;
+    VD a = VD_ZERO, b = VD_ZERO, ma = VD_ZERO, mb = VD_ZERO;
     int64_t i = 0;
     for (; i + 2 * WD <= d; i += 2 * WD) {
-        a = VD_ADD(a, VD_LOADU(x + i));
-        b = VD_ADD(b, VD_LOADU(x + i + WD));
+        VD va = VD_LOADU(x + i), vb = VD_LOADU(x + i + WD);
+        a = VD_ADD(a, va);
+        b = VD_ADD(b, vb);
+        ma = VD_MAX(ma, VD_ABS(va));
+        mb = VD_MAX(mb, VD_ABS(vb));
     }
-    double s = VD_REDUCE(VD_ADD(a, b));
-    for (; i < d; i++) s += x[i];
+    double s = VD_REDUCE(VD_ADD(a, b)), m = VD_REDUCE_MAX(VD_MAX(ma, mb));
+    for (; i < d; i++) {
+        s += x[i];
+        m = fmax(m, fabs(x[i]));
+    }
+    *amax = m;
     return s;
 }
 

@@ -14,23 +14,38 @@
 /* Widen two float32 accumulators into one float64 vector. */
 #define GN_WIDEN2(a, b) VD_ADD(VD_ADD(VD_LO(a), VD_HI(a)), VD_ADD(VD_LO(b), VD_HI(b)))
 
-GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d)
+/* sum x (an estimate of the shift, refined by dev) and max |x| (exact). */
+GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
     VD acc = VD_ZERO;
+    VF ma = VF_ZERO, mb = VF_ZERO;
     int64_t i = 0;
     while (i + W <= d) {
         int64_t end = d - i > 2 * GN_BLOCK * W ? i + 2 * GN_BLOCK * W : d;
         VF a = VF_ZERO, b = VF_ZERO;
         for (; i + 2 * W <= end; i += 2 * W) {
-            a = VF_ADD(a, GN_LOAD(x + i));
-            b = VF_ADD(b, GN_LOAD(x + i + W));
+            VF va = GN_LOAD(x + i), vb = GN_LOAD(x + i + W);
+            a = VF_ADD(a, va);
+            b = VF_ADD(b, vb);
+            ma = VF_MAX(ma, VF_ABS(va));
+            mb = VF_MAX(mb, VF_ABS(vb));
         }
-        if (i + W <= end) { a = VF_ADD(a, GN_LOAD(x + i)); i += W; }
+        if (i + W <= end) {
+            VF va = GN_LOAD(x + i);
+            a = VF_ADD(a, va);
+            ma = VF_MAX(ma, VF_ABS(va));
+            i += W;
+        }
         acc = VD_ADD(acc, GN_WIDEN2(a, b));
     }
-    double s = VD_REDUCE(acc);
-    for (; i < d; i++) s += GN_TO_FLOAT(x[i]);
+    double s = VD_REDUCE(acc), m = VF_REDUCE_MAX(VF_MAX(ma, mb));
+    for (; i < d; i++) {
+        float v = GN_TO_FLOAT(x[i]);
+        s += v;
+        m = fmax(m, fabsf(v));
+    }
+    *amax = m;
     return s;
 }
 

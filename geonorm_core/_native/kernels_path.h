@@ -67,6 +67,12 @@
 #undef VD_LOADU
 #undef VD_STOREU
 #undef VD_REDUCE
+#undef VF_MAX
+#undef VF_ABS
+#undef VF_REDUCE_MAX
+#undef VD_MAX
+#undef VD_ABS
+#undef VD_REDUCE_MAX
 #undef VD_LO
 #undef VD_HI
 #undef LOAD_F32

@@ -5,11 +5,17 @@
 
 #define GN_FN(op) GN_CAT(scalar, op, GN_T)
 
-static double GN_FN(sum)(const void *xv, int64_t d)
+static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
     gn_ksum s = {0.0, 0.0};
-    for (int64_t i = 0; i < d; i++) gn_kadd(&s, GN_TO_DOUBLE(x[i]));
+    double m = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        double v = GN_TO_DOUBLE(x[i]);
+        gn_kadd(&s, v);
+        m = fmax(m, fabs(v));
+    }
+    *amax = m;
     return gn_kval(s);
 }
 
