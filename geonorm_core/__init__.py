@@ -10,6 +10,7 @@ speed of memory.
 >>> gn.rotation(x, y)              # degrees between paired rows
 >>> gn.layer_norm(x, w, b), gn.rms_norm(x, g), gn.remove_uniform(x)
 """
+from .accumulate import Histogram, Moments, Quantity, SiteStats
 from .ops import Decomposition, decompose, layer_norm, remove_uniform, rms_norm, rotation
 from .runtime import get_num_threads, kernel_info, set_num_threads
 
@@ -18,4 +19,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm",
     "kernel_info", "get_num_threads", "set_num_threads", "__version__",
+    "Moments", "Histogram", "Quantity", "SiteStats", "NormSite", "find_norm_sites",
 ]
+
+_TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites"}  # need torch: imported on first use
+
+
+def __getattr__(name):
+    if name in _TORCH_SIDE:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_TORCH_SIDE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

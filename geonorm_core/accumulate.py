@@ -1,0 +1,827 @@
+"""Mergeable per-site accumulators and the comparison with the random baseline.
+
+The torch adapter (issue 4) measures, for every token at every norm site, a
+handful of scalars: the angle of the hidden vector and of the post-norm vector
+with the uniform vector **1**, both norms, the rotation between them, the
+largest |hidden| entry and the LN-RMS gap (SCIENCE.md G2, G9, G11).  The paper
+stored terabytes of activations to get their means and SDs; here each quantity
+is reduced, block by block, into a summary of fixed size that
+
+* is exact: mean and SD within a few ulps of the one-shot two-pass result, even
+  when the mean is 1e8 times the SD (DESIGN.md: never E[x^2] - mu^2);
+* merges: the summary of a concatenation is the merge of the summaries, so
+  batches, processes and machines reduce independently and combine later;
+* round-trips through JSON exactly.
+
+Reading order
+-------------
+1. ``QUANTITIES`` -- the measured quantities and their histogram ranges.
+2. :class:`Moments` -- count, mean, M2, min, max; Chan's pairwise update.
+3. :class:`Histogram` -- fixed bins with underflow/overflow/NaN counters.
+4. :class:`Quantity` -- Moments + Histogram for one named quantity.
+5. :class:`SiteStats` -- all quantities of one norm site, plus its metadata.
+6. The random baseline (SCIENCE.md G14) and :func:`compare_to_baseline`.
+
+Only NumPy is needed; SciPy is imported inside the baseline functions.
+
+Example
+-------
+>>> site = SiteStats({"name": "model.layers.3.input_layernorm", "layer": 3, "d": 576})
+>>> site.update(angle_hidden=angles, norm_hidden=norms)      # float64 blocks, one value per token
+>>> total = SiteStats.from_dict(json.loads(json.dumps(site.to_dict()))).merge(other_site)
+>>> compare_to_baseline(total["angle_hidden"].histogram, d=576)["ks"]
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "QuantitySpec",
+    "QUANTITIES",
+    "QUANTITY_NAMES",
+    "Moments",
+    "Histogram",
+    "Quantity",
+    "SiteStats",
+    "BaselineSD",
+    "baseline_cdf",
+    "baseline_angle_sd",
+    "baseline_interval",
+    "compare_to_baseline",
+]
+
+FORMAT_VERSION = 1  # bump when a to_dict() layout changes
+
+
+# ---------------------------------------------------------------- 1. the quantities
+
+
+@dataclass(frozen=True)
+class QuantitySpec:
+    """How one quantity is histogrammed.
+
+    ``lo``, ``hi`` and ``bins`` are in histogram coordinates: the value itself for
+    ``scale="linear"``, log10 of the value for ``scale="log10"``.  The moments
+    (mean, SD, min, max) are always of the value itself.
+    """
+
+    lo: float
+    hi: float
+    bins: int
+    scale: str  # "linear" or "log10"
+    unit: str
+    meaning: str
+
+
+#: The quantities measured per token at every norm site, and their default ranges.
+#: Angles resolve 1 degree by default; pass ``bins=1800`` for 0.1 degree.  Norms and
+#: max |hidden| span 1e-3 .. 1e6 on a log scale (0.05 decade bins).
+QUANTITIES: dict[str, QuantitySpec] = {
+    "angle_hidden":   QuantitySpec(0.0, 180.0, 180, "linear", "degrees", "angle(hidden, 1) (G2)"),
+    "angle_post":     QuantitySpec(0.0, 180.0, 180, "linear", "degrees", "angle(post, 1) (G2, G13)"),
+    "norm_hidden":    QuantitySpec(-3.0, 6.0, 180, "log10", "L2 norm", "||hidden||"),
+    "norm_post":      QuantitySpec(-3.0, 6.0, 180, "log10", "L2 norm", "||post||"),
+    "rotation":       QuantitySpec(0.0, 180.0, 180, "linear", "degrees", "angle(hidden, post) (G11, G12)"),
+    "max_abs_hidden": QuantitySpec(-3.0, 6.0, 180, "log10", "abs value", "max_i |hidden_i| (massive act.)"),
+    "ln_rms_gap":     QuantitySpec(0.0, 2.0, 200, "linear", "ratio", "||LN(x) - RMS_a(x)|| / ||LN(x)|| (G9)"),
+}  # fmt: skip
+QUANTITY_NAMES: tuple[str, ...] = tuple(QUANTITIES)
+_ANGLE_NAMES = tuple(n for n, s in QUANTITIES.items() if s.unit == "degrees")
+
+
+# ---------------------------------------------------------------- 2. moments
+
+
+def _two_sum(a: float, b: float) -> tuple[float, float]:
+    """Knuth's error-free sum: s + e == a + b exactly, s = fl(a + b)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _float_or_none(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+class Moments:
+    """Streaming count, mean, M2, min and max of a float64 quantity, mergeable.
+
+    State: ``count`` finite values seen, ``nan_count`` non-finite values skipped
+    (NaN and +-Inf: a single Inf would make the mean and M2 meaningless), the mean,
+    ``m2`` = sum of squared deviations from the mean, ``min`` and ``max``.
+
+    A block is reduced on its own with the corrected two-pass algorithm
+    (Bjorck; Chan, Golub & LeVeque 1983)::
+
+        m   = fl(sum(x) / n)                     # first pass
+        r   = sum(x - m)                         # second pass: the residual of m
+        M2  = sum((x - m)**2) - r**2 / n         # = sum((x - mean)**2) in exact arithmetic
+        mean = m + r / n                         # kept as the pair (m, r/n)
+
+    and combined with the running state by Chan, Golub & LeVeque's pairwise
+    formula, which is also :meth:`merge`.  For parts A and B::
+
+        n     = n_A + n_B
+        delta = mean_B - mean_A
+        mean  = mean_A + delta * n_B / n
+        M2    = M2_A + M2_B + delta**2 * n_A * n_B / n
+
+    The mean is carried as an unevaluated double-double sum ``mean + mean_lo``
+    (|mean_lo| <= ulp(mean)/2).  Why: with a float64 mean, each ``delta`` carries
+    an absolute error of ~ulp(mean); when the mean is 1e8 SDs that error is 1e-8
+    SD, and the between-block term of M2 inherits a relative error of ~1e-10 over
+    1000 blocks.  With the low word, delta is exact to ~1e-16 SD and merging
+    1000 blocks matches the one-shot two-pass result within 1e-12.
+
+    Empty state: ``mean``, ``var``, ``std``, ``min``, ``max`` are NaN.
+    """
+
+    __slots__ = ("count", "nan_count", "_mean", "_mean_lo", "m2", "_min", "_max")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.nan_count = 0
+        self._mean = 0.0
+        self._mean_lo = 0.0
+        self.m2 = 0.0
+        self._min = math.inf
+        self._max = -math.inf
+
+    # -- reading
+
+    @property
+    def mean(self) -> float:
+        """The mean of the finite values (NaN when empty); the high word of (mean, mean_lo)."""
+        return self._mean if self.count else math.nan
+
+    @property
+    def var(self) -> float:
+        """Population variance M2 / n (ddof=0)."""
+        return self.m2 / self.count if self.count else math.nan
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation sqrt(M2 / n) (ddof=0), the paper's "SD over tokens"."""
+        return math.sqrt(self.var) if self.count else math.nan
+
+    @property
+    def std_sample(self) -> float:
+        """Sample standard deviation sqrt(M2 / (n - 1)) (ddof=1); NaN for n < 2."""
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else math.nan
+
+    @property
+    def min(self) -> float:
+        return self._min if self.count else math.nan
+
+    @property
+    def max(self) -> float:
+        return self._max if self.count else math.nan
+
+    def __repr__(self) -> str:
+        return (f"Moments(count={self.count}, nan_count={self.nan_count}, mean={self.mean!r}, "
+                f"std={self.std!r}, min={self.min!r}, max={self.max!r})")
+
+    # -- writing
+
+    def update(self, block: Any) -> Moments:
+        """Add every value of ``block`` (any shape, converted to float64); return self.
+
+        Non-finite values are skipped and counted in ``nan_count``.
+        """
+        x = np.asarray(block, dtype=np.float64).ravel()
+        total = float(x.sum())  # NumPy's pairwise summation
+        if not math.isfinite(total):  # a NaN or Inf inside (or an overflowing sum): mask
+            finite = np.isfinite(x)
+            self.nan_count += x.size - int(np.count_nonzero(finite))
+            x = x[finite]
+            total = float(x.sum())
+        n = x.size
+        if n == 0:
+            return self
+        m = total / n
+        dev = x - m
+        r = float(dev.sum())
+        np.square(dev, out=dev)
+        m2 = max(float(dev.sum()) - r * r / n, 0.0)
+        self._combine(n, m, r / n, m2, float(x.min()), float(x.max()))
+        return self
+
+    def merge(self, other: Moments) -> Moments:
+        """Fold ``other`` into self (Chan's pairwise formula); return self."""
+        if not isinstance(other, Moments):
+            raise TypeError(f"other: need a Moments, got {type(other).__name__}")
+        self.nan_count += other.nan_count
+        if other.count:
+            self._combine(other.count, other._mean, other._mean_lo, other.m2, other._min, other._max)
+        return self
+
+    def _combine(self, nb: int, mb: float, mb_lo: float, m2b: float, minb: float, maxb: float) -> None:
+        na = self.count
+        if na == 0:
+            self._mean, self._mean_lo = _two_sum(mb, mb_lo)  # normalized: mean = fl(mean + mean_lo)
+            self.count, self.m2 = nb, m2b
+            self._min, self._max = minb, maxb
+            return
+        n = na + nb
+        # delta = (mb + mb_lo) - (ma + ma_lo), keeping the rounding error of the big subtraction
+        s, e = _two_sum(mb, -self._mean)
+        delta = s + (e + (mb_lo - self._mean_lo))
+        # mean = mean_A + delta * nb / n, in double-double
+        hi, e = _two_sum(self._mean, delta * (nb / n))
+        self._mean, self._mean_lo = _two_sum(hi, e + self._mean_lo)
+        self.m2 = self.m2 + m2b + delta * delta * (na / n) * nb
+        self.count = n
+        self._min = min(self._min, minb)
+        self._max = max(self._max, maxb)
+
+    def copy(self) -> Moments:
+        return Moments.from_dict(self.to_dict())
+
+    # -- serialization
+
+    def to_dict(self) -> dict:
+        """The exact state as plain Python ints/floats (``min``/``max`` are None when empty)."""
+        return {
+            "count": int(self.count),
+            "nan_count": int(self.nan_count),
+            "mean": float(self._mean),
+            "mean_lo": float(self._mean_lo),
+            "m2": float(self.m2),
+            "min": float(self._min) if self.count else None,
+            "max": float(self._max) if self.count else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Moments:
+        m = cls()
+        m.count = int(d["count"])
+        m.nan_count = int(d["nan_count"])
+        if m.count < 0 or m.nan_count < 0:
+            raise ValueError(f"count/nan_count must be >= 0, got {m.count}/{m.nan_count}")
+        m._mean = float(d["mean"])
+        m._mean_lo = float(d.get("mean_lo", 0.0))
+        m.m2 = float(d["m2"])
+        if m.count:
+            m._min, m._max = float(d["min"]), float(d["max"])
+        return m
+
+
+# ---------------------------------------------------------------- 3. histograms
+
+
+class Histogram:
+    """Counts of values in ``bins`` equal bins over [lo, hi], with outside counters.
+
+    Bin k holds lo + k*w <= v < lo + (k+1)*w with w = (hi - lo)/bins, judged
+    against the exact ``edges`` array (as ``np.histogram`` does); the last bin also
+    holds v == hi.  ``underflow`` counts v < lo (including -Inf), ``overflow``
+    v > hi (including +Inf), ``nan`` counts NaN.  Counts are int64, so merging is
+    exact; two histograms merge only when lo, hi and bins are identical.
+    """
+
+    __slots__ = ("lo", "hi", "bins", "counts", "underflow", "overflow", "nan", "_edges", "_upper")
+
+    def __init__(self, lo: float, hi: float, bins: int) -> None:
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"lo, hi: need finite lo < hi, got [{lo}, {hi}]")
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+            raise ValueError(f"bins: need a positive int, got {bins!r}")
+        self.lo, self.hi, self.bins = lo, hi, int(bins)
+        self.counts = np.zeros(self.bins, dtype=np.int64)
+        self.underflow = 0
+        self.overflow = 0
+        self.nan = 0
+        self._edges = np.linspace(lo, hi, self.bins + 1)
+        self._edges.flags.writeable = False
+        self._upper = np.append(self._edges[1:-1], math.inf)  # bin k's upper edge; the last bin is closed
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The bins + 1 edges, ``np.linspace(lo, hi, bins + 1)`` (read-only)."""
+        return self._edges
+
+    @property
+    def total(self) -> int:
+        """Values counted, NaN excluded: underflow + sum(counts) + overflow."""
+        return self.underflow + int(self.counts.sum()) + self.overflow
+
+    def __repr__(self) -> str:
+        return (f"Histogram(lo={self.lo}, hi={self.hi}, bins={self.bins}, total={self.total}, "
+                f"underflow={self.underflow}, overflow={self.overflow}, nan={self.nan})")
+
+    def update(self, block: Any) -> Histogram:
+        """Count every value of ``block`` (any shape, converted to float64); return self."""
+        v = np.asarray(block, dtype=np.float64).ravel()
+        if v.size == 0:
+            return self
+        if not (self.lo <= v.min() and v.max() <= self.hi):  # False with a NaN too: sort out the rest
+            isnan = np.isnan(v)
+            below = v < self.lo
+            above = v > self.hi
+            self.nan += int(np.count_nonzero(isnan))
+            self.underflow += int(np.count_nonzero(below))
+            self.overflow += int(np.count_nonzero(above))
+            v = v[~(isnan | below | above)]
+            if v.size == 0:
+                return self
+        idx = ((v - self.lo) * (self.bins / (self.hi - self.lo))).astype(np.intp)
+        np.minimum(idx, self.bins - 1, out=idx)  # v == hi
+        # the arithmetic index can be off by one near an edge; settle it against the edges
+        idx -= v < self._edges[idx]
+        idx += v >= self._upper[idx]
+        self.counts += np.bincount(idx, minlength=self.bins)
+        return self
+
+    def _check_same_bins(self, other: Histogram) -> None:
+        if not isinstance(other, Histogram):
+            raise TypeError(f"other: need a Histogram, got {type(other).__name__}")
+        if (self.lo, self.hi, self.bins) != (other.lo, other.hi, other.bins):
+            raise ValueError(
+                f"cannot merge histograms with different bins: [{self.lo}, {self.hi}] x {self.bins} "
+                f"vs [{other.lo}, {other.hi}] x {other.bins}")
+
+    def merge(self, other: Histogram) -> Histogram:
+        """Add ``other``'s counts to self (identical lo, hi, bins required); return self."""
+        self._check_same_bins(other)
+        self.counts += other.counts
+        self.underflow += other.underflow
+        self.overflow += other.overflow
+        self.nan += other.nan
+        return self
+
+    def copy(self) -> Histogram:
+        return Histogram.from_dict(self.to_dict())
+
+    def cdf_at_edges(self) -> np.ndarray:
+        """Empirical CDF at each edge: (underflow + counts below edge k) / total.
+
+        Exact at the edges (each value is on a known side of every edge).  Raises
+        ValueError when the histogram is empty.
+        """
+        total = self.total
+        if total == 0:
+            raise ValueError("the histogram is empty (no non-NaN values)")
+        below = np.concatenate(([0], np.cumsum(self.counts))) + self.underflow
+        return below / total
+
+    def quantile(self, q: float | Iterable[float]) -> float | np.ndarray:
+        """Quantile(s) estimated from the bins, for plots and reports.
+
+        Within a bin the values are taken as uniformly spread (linear
+        interpolation of the CDF between edges), so the error is at most one bin
+        width.  Mass in underflow/overflow has no position: quantiles that fall
+        there are clamped to lo/hi.  ``q = 0`` gives the left edge of the first
+        non-empty bin.  NaN for an empty histogram.
+        """
+        qa = np.asarray(q, dtype=np.float64)
+        if np.any((qa < 0) | (qa > 1)) or np.any(np.isnan(qa)):
+            raise ValueError(f"q: need values in [0, 1], got {q!r}")
+        total = self.total
+        out = np.full(qa.shape, math.nan)
+        if total:
+            cum = np.cumsum(self.counts) + self.underflow  # values < edges[k+1] (last bin: <= hi)
+            nonempty = np.flatnonzero(self.counts)
+            for i, qi in np.ndenumerate(qa):
+                t = qi * total
+                if self.underflow and t <= self.underflow:
+                    out[i] = self.lo
+                elif t > cum[-1] or nonempty.size == 0:
+                    out[i] = self.hi
+                elif t == 0:
+                    out[i] = self._edges[nonempty[0]]
+                else:
+                    k = int(np.searchsorted(cum, t, side="left"))  # cum[k-1] < t <= cum[k]
+                    before = cum[k] - self.counts[k]
+                    frac = (t - before) / self.counts[k]
+                    out[i] = self._edges[k] + frac * (self._edges[k + 1] - self._edges[k])
+        return float(out) if out.ndim == 0 else out
+
+    def to_dict(self) -> dict:
+        return {
+            "lo": self.lo,
+            "hi": self.hi,
+            "bins": self.bins,
+            "counts": self.counts.tolist(),
+            "underflow": int(self.underflow),
+            "overflow": int(self.overflow),
+            "nan": int(self.nan),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Histogram:
+        h = cls(d["lo"], d["hi"], int(d["bins"]))
+        counts = np.asarray(d["counts"], dtype=np.int64)
+        if counts.shape != (h.bins,) or np.any(counts < 0):
+            raise ValueError(f"counts: need {h.bins} non-negative ints, got shape {counts.shape}")
+        h.counts[:] = counts
+        h.underflow, h.overflow, h.nan = int(d["underflow"]), int(d["overflow"]), int(d["nan"])
+        return h
+
+
+# ---------------------------------------------------------------- 4. one quantity
+
+
+class Quantity:
+    """Moments and a histogram of one named quantity (see ``QUANTITIES``).
+
+    The moments are of the value; the histogram is of the value for linear
+    quantities and of log10(value) for log10 ones (a zero norm lands in
+    underflow, a negative value in ``nan``).  ``bins``, ``lo``, ``hi`` override
+    the table's defaults (``lo``/``hi`` in histogram coordinates).
+    """
+
+    __slots__ = ("name", "spec", "moments", "histogram")
+
+    def __init__(self, name: str, *, bins: int | None = None, lo: float | None = None,
+                 hi: float | None = None) -> None:
+        if name not in QUANTITIES:
+            raise ValueError(f"name: unknown quantity {name!r}; known: {', '.join(QUANTITY_NAMES)}")
+        self.name = name
+        self.spec = QUANTITIES[name]
+        self.moments = Moments()
+        self.histogram = Histogram(self.spec.lo if lo is None else lo,
+                                   self.spec.hi if hi is None else hi,
+                                   self.spec.bins if bins is None else bins)
+
+    @property
+    def scale(self) -> str:
+        return self.spec.scale
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Bin edges in the value's own units (10**edges for log10 quantities)."""
+        e = self.histogram.edges
+        return 10.0 ** e if self.scale == "log10" else e.copy()
+
+    # the numbers a report shows
+    count = property(lambda self: self.moments.count)
+    mean = property(lambda self: self.moments.mean)
+    std = property(lambda self: self.moments.std)
+    min = property(lambda self: self.moments.min)
+    max = property(lambda self: self.moments.max)
+
+    def quantile(self, q: float | Iterable[float]) -> float | np.ndarray:
+        """:meth:`Histogram.quantile`, in the value's own units."""
+        v = self.histogram.quantile(q)
+        return 10.0 ** v if self.scale == "log10" else v
+
+    def summary(self) -> dict:
+        """count, nan_count, mean, std (ddof=0), min, max as plain Python numbers (None if empty)."""
+        m = self.moments
+        return {"count": m.count, "nan_count": m.nan_count, "mean": _float_or_none(m.mean),
+                "std": _float_or_none(m.std), "min": _float_or_none(m.min), "max": _float_or_none(m.max)}
+
+    def __repr__(self) -> str:
+        return f"Quantity({self.name!r}, {self.moments!r})"
+
+    def update(self, block: Any) -> Quantity:
+        """Add a block of values (any shape) to the moments and the histogram; return self."""
+        v = np.asarray(block, dtype=np.float64)
+        self.moments.update(v)
+        if self.scale == "log10":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.log10(v)
+        self.histogram.update(v)
+        return self
+
+    def merge(self, other: Quantity) -> Quantity:
+        """Fold ``other`` (same name, identical bins) into self; return self."""
+        if not isinstance(other, Quantity):
+            raise TypeError(f"other: need a Quantity, got {type(other).__name__}")
+        if other.name != self.name:
+            raise ValueError(f"cannot merge quantity {other.name!r} into {self.name!r}")
+        self.histogram._check_same_bins(other.histogram)  # before touching anything
+        self.moments.merge(other.moments)
+        self.histogram.merge(other.histogram)
+        return self
+
+    def copy(self) -> Quantity:
+        return Quantity.from_dict(self.to_dict())
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "scale": self.scale, "unit": self.spec.unit,
+                "moments": self.moments.to_dict(), "histogram": self.histogram.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Quantity:
+        h = Histogram.from_dict(d["histogram"])
+        q = cls(d["name"], bins=h.bins, lo=h.lo, hi=h.hi)
+        if d.get("scale", q.scale) != q.scale:
+            raise ValueError(f"{q.name}: scale {d['scale']!r} does not match {q.scale!r}")
+        q.histogram = h
+        q.moments = Moments.from_dict(d["moments"])
+        return q
+
+
+# ---------------------------------------------------------------- 5. one norm site
+
+
+def _plain(v: Any) -> Any:
+    """Metadata as JSON would give it back: NumPy scalars -> Python, tuples -> lists."""
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class SiteStats:
+    """Every quantity measured at one norm site, the token count, and the site's metadata.
+
+    Parameters
+    ----------
+    meta : dict, optional
+        Plain, JSON-serializable description of the site (name, layer, role,
+        kind, d, ...).  Stored as JSON would return it (tuples become lists).
+    bins : int or dict, optional
+        An int sets the bins of the angle quantities (angle_hidden, angle_post,
+        rotation; the issue's ``analyze(bins=180)``); a dict sets bins per
+        quantity name.  Others keep the ``QUANTITIES`` defaults.
+    names : iterable of str, optional
+        The quantities to keep; default all of ``QUANTITY_NAMES``.
+
+    ``tokens`` counts rows fed through :meth:`update`; each quantity's own
+    ``count + nan_count`` counts the values it was given.
+    """
+
+    __slots__ = ("meta", "tokens", "quantities")
+
+    def __init__(self, meta: Mapping | None = None, *, bins: int | Mapping[str, int] | None = None,
+                 names: Iterable[str] = QUANTITY_NAMES) -> None:
+        meta = _plain(dict(meta or {}))
+        try:
+            json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"meta: need plain JSON-serializable values ({exc})") from None
+        names = tuple(names)
+        for n in names:
+            if n not in QUANTITIES:
+                raise ValueError(f"names: unknown quantity {n!r}; known: {', '.join(QUANTITY_NAMES)}")
+        if bins is None or isinstance(bins, Mapping):
+            per_name = dict(bins or {})
+            for n in per_name:
+                if n not in names:
+                    raise ValueError(f"bins: {n!r} is not one of this site's quantities {names}")
+        else:
+            per_name = {n: bins for n in names if n in _ANGLE_NAMES}
+        self.meta = meta
+        self.tokens = 0
+        self.quantities = {n: Quantity(n, bins=per_name.get(n)) for n in names}
+
+    def __getitem__(self, name: str) -> Quantity:
+        return self.quantities[name]
+
+    def __repr__(self) -> str:
+        return f"SiteStats(meta={self.meta!r}, tokens={self.tokens}, quantities={list(self.quantities)})"
+
+    def update(self, **blocks: Any) -> SiteStats:
+        """Feed one block of tokens: ``update(angle_hidden=a, norm_hidden=n, ...)``; return self.
+
+        Every block holds one float value per token and all have the same number
+        of values; ``tokens`` grows by that number.  Quantities not given are left
+        as they are.
+        """
+        if not blocks:
+            raise TypeError("update: need at least one quantity block, e.g. update(angle_hidden=a)")
+        arrays = {}
+        for name, block in blocks.items():
+            if name not in self.quantities:
+                raise ValueError(f"{name}: not a quantity of this site; known: {', '.join(self.quantities)}")
+            arrays[name] = np.asarray(block, dtype=np.float64)
+        sizes = {name: a.size for name, a in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"blocks: need one value per token in every block, got sizes {sizes}")
+        for name, a in arrays.items():
+            self.quantities[name].update(a)
+        self.tokens += next(iter(sizes.values()))
+        return self
+
+    def merge(self, other: SiteStats) -> SiteStats:
+        """Fold ``other`` (same metadata, quantities and bins) into self; return self."""
+        if not isinstance(other, SiteStats):
+            raise TypeError(f"other: need a SiteStats, got {type(other).__name__}")
+        if other.meta != self.meta:
+            raise ValueError(f"cannot merge sites with different metadata: {self.meta} vs {other.meta}")
+        if set(other.quantities) != set(self.quantities):
+            raise ValueError(f"cannot merge sites with different quantities: "
+                             f"{sorted(self.quantities)} vs {sorted(other.quantities)}")
+        for n, q in self.quantities.items():  # validate all before changing any
+            q.histogram._check_same_bins(other.quantities[n].histogram)
+        for n, q in self.quantities.items():
+            q.merge(other.quantities[n])
+        self.tokens += other.tokens
+        return self
+
+    def copy(self) -> SiteStats:
+        return SiteStats.from_dict(self.to_dict())
+
+    def to_dict(self) -> dict:
+        """The exact state as plain dicts/lists/ints/floats; ``json.dumps`` round-trips it."""
+        return {"format": FORMAT_VERSION, "meta": _plain(self.meta), "tokens": int(self.tokens),
+                "quantities": {n: q.to_dict() for n, q in self.quantities.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SiteStats:
+        if d.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(f"format: can read version {FORMAT_VERSION}, got {d.get('format')!r}")
+        s = cls(d["meta"], names=())
+        s.tokens = int(d["tokens"])
+        s.quantities = {n: Quantity.from_dict(q) for n, q in d["quantities"].items()}
+        return s
+
+
+# ---------------------------------------------------------------- 6. the random baseline
+#
+# SCIENCE.md G14: for a rotation-invariant random x in R^d (e.g. isotropic
+# Gaussian), B = (1 + cos theta) / 2 ~ Beta(a, a) with a = (d - 1) / 2, where
+# theta = angle(x, 1).  Two consequences used below:
+#
+# * CDF.  theta <= t  <=>  1 - B <= (1 - cos t) / 2 = sin^2(t / 2), and 1 - B has
+#   the same Beta(a, a) law, so  P(theta <= t) = I_{sin^2(t/2)}(a, a)  (the
+#   regularized incomplete beta function).  The sin^2 form stays accurate near 0.
+# * Density.  Changing variables from B to theta, the Beta density
+#   B^(a-1) (1 - B)^(a-1) = (sin^2(theta) / 4)^(a-1) times |dB/dtheta| = sin(theta)/2
+#   gives  f(theta) ∝ sin^(d-2)(theta)  on (0, pi), symmetric about 90 degrees.
+
+
+def _check_d(d: Any) -> int:
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 2:
+        raise ValueError(f"d: need an int >= 2 (the angle with 1 is degenerate for d = 1), got {d!r}")
+    return int(d)
+
+
+def baseline_cdf(theta_deg: Any, d: int) -> np.ndarray | float:
+    """Null CDF P(theta <= t) of the angle with **1** for rotation-invariant x in R^d.
+
+    ``I_{sin^2(t/2)}((d-1)/2, (d-1)/2)``, t in degrees (clipped to [0, 180]).
+    """
+    from scipy.special import betainc
+
+    a = (_check_d(d) - 1) / 2
+    t = np.radians(np.clip(np.asarray(theta_deg, dtype=np.float64), 0.0, 180.0))
+    out = betainc(a, a, np.sin(t / 2) ** 2)
+    return float(out) if out.ndim == 0 else out
+
+
+def _null_expect(d: int, g) -> float:
+    """E[g(t)] under the null, with t = theta - pi/2 in radians, by quadrature.
+
+    The density of t is cos^(d-2)(t) / Z on (-pi/2, pi/2).  Since log cos t <=
+    -t^2/2, the weight is below the Gaussian exp(-(d-2) t^2 / 2), so integrating
+    over |t| <= 40 / sqrt(d - 2) loses less than 1e-300 of the mass.
+    """
+    from scipy.integrate import quad
+
+    k = d - 2
+    half = math.pi / 2 if k == 0 else min(math.pi / 2, 40.0 / math.sqrt(k))
+
+    def w(t: float) -> float:
+        c = math.cos(t)
+        return math.exp(k * math.log(c)) if c > 0 else 0.0
+
+    opts = dict(epsabs=0.0, epsrel=1e-13, limit=200)
+    z = quad(w, 0.0, half, **opts)[0]  # the weight and g are even in t here: integrate half
+    return quad(lambda t: g(t) * w(t), 0.0, half, **opts)[0] / z
+
+
+class BaselineSD(NamedTuple):
+    """SD of the null angle with **1**, in degrees."""
+
+    sd: float  #: exact, by quadrature of the Beta law
+    approx: float  #: (180/pi) / sqrt(d), from cos theta ~ N(0, 1/d)
+
+
+@functools.lru_cache(maxsize=256)
+def baseline_angle_sd(d: int) -> BaselineSD:
+    """Standard deviation (degrees) of angle(x, **1**) for rotation-invariant x in R^d.
+
+    The mean is exactly 90 degrees by symmetry; the SD is
+
+        sd = (180/pi) * sqrt( E[(theta - pi/2)^2] ),  theta with density ∝ sin^(d-2)(theta)
+
+    (the Beta((d-1)/2, (d-1)/2) law of (1 + cos theta)/2, changed to theta),
+    computed by adaptive quadrature to ~1e-13 relative.  Returned with the
+    approximation (180/pi)/sqrt(d) of SCIENCE.md G14, which is slightly low: the
+    exact variance in radians is 1/d + O(1/d^2) (e.g. 2.391 vs 2.387 degrees at
+    d = 576).  d = 2 gives the uniform law on [0, 180], SD 180/sqrt(12).
+    """
+    d = _check_d(d)
+    var = _null_expect(d, lambda t: t * t)
+    return BaselineSD(sd=math.degrees(math.sqrt(var)), approx=math.degrees(1.0 / math.sqrt(d)))
+
+
+def baseline_interval(d: int, level: float = 0.999) -> tuple[float, float]:
+    """The central ``level`` interval of the null angle with **1**, in degrees.
+
+    From the Beta quantile: theta_lo = 2 asin(sqrt(I^-1_{(1-level)/2}(a, a))),
+    theta_hi = 180 - theta_lo, a = (d-1)/2.  At d = 576 the 99.9% interval is
+    about 90 +- 7.9 degrees.
+    """
+    from scipy.special import betaincinv
+
+    d = _check_d(d)
+    if not 0 < level < 1:
+        raise ValueError(f"level: need 0 < level < 1, got {level!r}")
+    a = (d - 1) / 2
+    x = float(betaincinv(a, a, (1 - level) / 2))
+    lo = math.degrees(2 * math.asin(math.sqrt(x)))
+    return lo, 180.0 - lo
+
+
+def _count_below(h: Histogram, t: float) -> tuple[float, int, int]:
+    """Values below t: (linear estimate, exact lower bound, exact upper bound).
+
+    Bins entirely below t count in full; the one bin that t cuts is apportioned
+    linearly (as if its values were spread uniformly), and the bounds say what it
+    could be at most.  Needs lo <= t <= hi.
+    """
+    e = h.edges
+    j = min(int(np.searchsorted(e, t, side="right")) - 1, h.bins - 1)  # e[j] <= t < e[j+1]
+    full = h.underflow + int(h.counts[:j].sum())
+    frac = float((t - e[j]) / (e[j + 1] - e[j]))
+    cj = int(h.counts[j])
+    if frac <= 0:
+        return float(full), full, full
+    if t >= h.hi:  # t == hi: the last bin is closed, so values equal to hi sit "at" t
+        return float(full + cj), full + cj, full + cj
+    return full + frac * cj, full, full + cj
+
+
+def compare_to_baseline(hist: Histogram, d: int, *, level: float = 0.999) -> dict:
+    """Compare a histogram of angles with **1** (degrees) with the random baseline.
+
+    Parameters
+    ----------
+    hist : Histogram
+        Angles in degrees, over a range inside [0, 180] that covers the
+        baseline's ``level`` interval (the defaults, 0-180, always do).
+    d : int
+        The dimension of the vectors the angles came from.
+    level : float
+        The central interval whose outside is counted (default 99.9%).
+
+    Returns
+    -------
+    dict (plain Python numbers)
+        ``n`` : values compared (NaN excluded).
+        ``ks`` : max over the bin edges of |F_n(e) - F_0(e)|, the empirical CDF of
+        the data against the null CDF :func:`baseline_cdf`.  At an edge the binned
+        F_n equals the raw data's, so ``ks`` is a lower bound on the raw
+        Kolmogorov-Smirnov statistic; it is close when the bins are narrow against
+        the null SD (1 degree bins are coarse at d = 4096 where the SD is 0.9
+        degrees: use ``bins=1800``).  ``ks_at`` is the edge where the max is.
+        ``interval`` : the central ``level`` interval [lo, hi] of the null.
+        ``outside_fraction`` : fraction of values outside it.  Bins entirely
+        outside count exactly; the two bins that contain the interval's ends are
+        apportioned linearly, so the value is exact only when both ends fall on
+        edges; ``outside_fraction_bounds`` gives the exact range the bins allow
+        (partial bins counted as all inside / all outside).
+        ``outside_expected`` : 1 - level, the null's own outside fraction.
+        ``baseline_mean`` (90), ``baseline_sd`` (exact, degrees), ``d``, ``level``.
+
+    Under the null ``outside_fraction`` is about 1 - level; the paper's outlier
+    tokens (a 9 degree SD around a histogram within +-1 degree of 90) show up as
+    an outside fraction far above it even when ``ks`` is small.
+    """
+    if not isinstance(hist, Histogram):
+        raise TypeError(f"hist: need a Histogram, got {type(hist).__name__}")
+    d = _check_d(d)
+    if hist.lo < 0 or hist.hi > 180:
+        raise ValueError(f"hist: need a range of angles within [0, 180] degrees, got [{hist.lo}, {hist.hi}]")
+    lo, hi = baseline_interval(d, level)
+    if lo < hist.lo or hi > hist.hi:
+        raise ValueError(f"hist: range [{hist.lo}, {hist.hi}] does not cover the baseline's {level} interval "
+                         f"[{lo:.4g}, {hi:.4g}] at d={d}; the counts outside it cannot be placed")
+    n = hist.total
+    f_emp = hist.cdf_at_edges()  # raises on an empty histogram
+    diff = np.abs(f_emp - baseline_cdf(hist.edges, d))
+    k = int(np.argmax(diff))
+
+    below, below_min, below_max = _count_below(hist, lo)
+    upto, upto_min, upto_max = _count_below(hist, hi)
+    outside = below + (n - upto)
+    outside_min = below_min + (n - upto_max)
+    outside_max = below_max + (n - upto_min)
+    return {
+        "d": d,
+        "n": n,
+        "ks": float(diff[k]),
+        "ks_at": float(hist.edges[k]),
+        "level": float(level),
+        "interval": [lo, hi],
+        "outside_fraction": float(outside / n),
+        "outside_fraction_bounds": [outside_min / n, outside_max / n],
+        "outside_expected": 1.0 - level,
+        "baseline_mean": 90.0,
+        "baseline_sd": baseline_angle_sd(d).sd,
+    }
