@@ -11,18 +11,22 @@ speed of memory.
 >>> gn.layer_norm(x, w, b), gn.rms_norm(x, g), gn.remove_uniform(x)
 """
 from .accumulate import Histogram, Moments, Quantity, SiteStats
-from .ops import Decomposition, decompose, layer_norm, remove_uniform, rms_norm, rotation
+from .ops import Decomposition, decompose, layer_norm, ln_rms_gap, remove_uniform, rms_norm, rotation
+from .report import Report
 from .runtime import get_num_threads, kernel_info, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm",
+    "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",
     "kernel_info", "get_num_threads", "set_num_threads", "__version__",
-    "Moments", "Histogram", "Quantity", "SiteStats", "NormSite", "find_norm_sites",
+    "Moments", "Histogram", "Quantity", "SiteStats", "Report",
+    "NormSite", "find_norm_sites", "analyze", "Analyzer", "load_model",
 ]
 
-_TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites"}  # need torch: imported on first use
+# These need torch (and transformers): imported on first use, so the core works without them.
+_TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites", "analyze": "adapter", "Analyzer": "adapter",
+               "load_model": "models"}
 
 
 def __getattr__(name):

@@ -581,6 +581,18 @@ class SiteStats:
     def __getitem__(self, name: str) -> Quantity:
         return self.quantities[name]
 
+    def __getattr__(self, name: str) -> Any:
+        """``site.angle_hidden`` is ``site["angle_hidden"]``; ``site.layer`` is ``site.meta["layer"]``."""
+        if not name.startswith("_"):
+            for part in ("quantities", "meta"):
+                try:
+                    values = object.__getattribute__(self, part)
+                except AttributeError:  # not set yet (during construction or unpickling)
+                    continue
+                if name in values:
+                    return values[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or quantity {name!r}")
+
     def __repr__(self) -> str:
         return f"SiteStats(meta={self.meta!r}, tokens={self.tokens}, quantities={list(self.quantities)})"
 

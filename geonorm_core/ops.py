@@ -116,6 +116,41 @@ def rotation(x: Any, y: Any, *, num_threads: int | None = None) -> np.ndarray:
     return out
 
 
+def ln_rms_gap(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5, *,
+               num_threads: int | None = None) -> np.ndarray:
+    """What LayerNorm's mean subtraction changes, per row: ||LN(x) - RMS(x)|| / ||LN(x)||.
+
+    LN(x) = weight * (x - mu 1) / sqrt(sigma^2 + eps) + bias and
+    RMS(x) = weight * x / sqrt(||x||^2 / d + eps) + bias: the same layer with the
+    mean subtraction removed (G9: LN(x) = RMSNorm(P x) + bias).  Zero exactly when
+    x is orthogonal to 1; the swap test replaces LN by RMS.  NaN where LN(x) = 0
+    or the row is zero or not finite.  Computed in float64.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape ``x.shape[:-1]``.
+    """
+    arr = _arrays.as_rows(x)
+    d = arr.shape[-1]
+    w = _arrays.as_vector(weight, "weight", d, np.float64)
+    b = _arrays.as_vector(bias, "bias", d, np.float64)
+    eps = _check_eps(eps)
+    nthreads = resolve_threads(num_threads)
+    out = np.empty(arr.shape[:-1], dtype=np.float64)
+    wp = 0 if w is None else w.ctypes.data
+    bp = 0 if b is None else b.ctypes.data
+    for block in _arrays.blocks([arr]):
+        _core.ln_rms_gap(block.specs[0], wp, bp, eps, out.ctypes.data + 8 * block.first, nthreads)
+    return out
+
+
+def _check_eps(eps: float) -> float:
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    return eps
+
+
 def _normalize(kind: int, x: Any, weight: Any, bias: Any, eps: float, out: Any,
                num_threads: int | None) -> Any:
     arr = _arrays.as_rows(x)
@@ -123,9 +158,7 @@ def _normalize(kind: int, x: Any, weight: Any, bias: Any, eps: float, out: Any,
     compute = np.float64 if arr.dtype == np.float64 else np.float32
     w = _arrays.as_vector(weight, "weight", d, compute)
     b = _arrays.as_vector(bias, "bias", d, compute)
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    eps = _check_eps(eps)
     nthreads = resolve_threads(num_threads)
     if out is None:
         out, view = _arrays.empty_like(x, arr)

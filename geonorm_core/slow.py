@@ -32,6 +32,7 @@ __all__ = [
     "remove_uniform",
     "layer_norm",
     "rms_norm",
+    "ln_rms_gap",
 ]
 
 
@@ -220,3 +221,14 @@ def rms_norm(x, weight=None, eps=1e-6) -> np.ndarray:
     y = _normalize(xs, e, bad, (xs**2).sum(axis=-1) / d, eps)
     w = _weight(weight, d, "weight")
     return y if w is None else y * w
+
+
+def ln_rms_gap(x, weight=None, bias=None, eps=1e-5) -> np.ndarray:
+    """||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)|| per row (G9), float64; NaN where LN(x) = 0."""
+    ln = layer_norm(x, weight, bias, eps)
+    rms = rms_norm(x, weight, eps)
+    if bias is not None:
+        rms = rms + _weight(bias, ln.shape[-1], "bias")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        den = np.sqrt((ln**2).sum(axis=-1))
+        return np.where(den > 0, np.sqrt(((ln - rms) ** 2).sum(axis=-1)) / den, np.nan)

@@ -107,6 +107,26 @@ def test_eps_zero_on_constant_and_zero_rows(simd):
     np.testing.assert_array_equal(gn.remove_uniform(x)[:2], 0)
 
 
+@pytest.mark.parametrize("d", DIMS + (44, 48, 81, 96, 100, 127))  # + lengths whose SIMD block split rounds the sum
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_rows(simd, dtype, d):
+    """A constant row has sigma = 0 exactly, whatever d and the summation order: layer_norm
+    with eps = 0 is NaN (undefined, DESIGN.md), with eps > 0 it is exactly the bias,
+    remove_uniform is exactly 0 (G4), perp_norm is exactly 0 and the angle exactly 0 or 180.
+    An inexact mean turns 0/0 into garbage or inf."""
+    big = 2396747.0 if dtype != "float16" else 60000.0
+    x = np.broadcast_to(np.array([0.1, 3.0, -big, 1e-3])[:, None], (4, d)).astype(DTYPES[dtype])
+    w, b = affine(d, DTYPES[dtype])
+    where = f" [{simd} {dtype} d={d}]"
+    dec = gn.decompose(x)
+    np.testing.assert_array_equal(np.asarray(dec.perp_norm), 0, err_msg="perp_norm" + where)
+    np.testing.assert_array_equal(np.asarray(dec.angle), [0, 0, 180, 0], err_msg="angle" + where)
+    np.testing.assert_array_equal(f64(gn.remove_uniform(x)), 0, err_msg="remove_uniform" + where)
+    np.testing.assert_array_equal(f64(gn.layer_norm(x, w, b, eps=1e-5)), np.broadcast_to(f64(b), x.shape),
+                                  err_msg="layer_norm eps=1e-5" + where)
+    assert np.isnan(f64(gn.layer_norm(x, eps=0.0))).all(), "layer_norm eps=0 not NaN" + where
+
+
 @pytest.mark.parametrize("wdtype", ("float16", "float32", "float64", "bfloat16"))
 @pytest.mark.parametrize("dtype", ("float32", "float16", "bfloat16", "float64"))
 def test_weight_of_another_float_dtype(dtype, wdtype):
@@ -223,3 +243,31 @@ def test_out_is_filled_and_returned(op, dtype):
     else:
         check_op(op, x, got=wide[:, ::2], where=f" [strided out=, {dtype}]")
         assert np.isnan(f64(wide[:, 1::2])).all()
+
+
+# ------------------------------------------------------------- ln_rms_gap (G9)
+
+
+@pytest.mark.parametrize("d", (1, 3, 17, 576))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ln_rms_gap_matches_oracle(dtype, d):
+    x = nasty_rows(d, DTYPES[dtype])
+    rng = np.random.default_rng(d)
+    w = rng.uniform(0.5, 2, d).astype(np.float32)
+    b = (0.1 * rng.standard_normal(d)).astype(np.float32)
+    for args in ((), (w,), (w, b)):
+        got, ref = gn.ln_rms_gap(x, *args), slow.ln_rms_gap(x, *args)
+        assert np.array_equal(np.isnan(got), np.isnan(ref)), (dtype, d, len(args))
+        ok = ~np.isnan(ref)
+        np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-9, atol=1e-12, err_msg=f"{dtype} d={d} {len(args)}")
+
+
+def test_ln_rms_gap_is_zero_exactly_for_rows_orthogonal_to_one():
+    """G9: for x ⟂ 1, LN_{w,b}(x) = RMSNorm_w(x) + b, so the gap vanishes; shifting along 1 opens it."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 64))
+    x -= x.mean(axis=1, keepdims=True)
+    w = rng.uniform(0.5, 2, 64)
+    assert np.abs(gn.ln_rms_gap(x, w, eps=1e-5)).max() < 1e-14
+    shifted = gn.ln_rms_gap(x + 0.5, w, eps=1e-5)
+    assert (shifted > 0.1).all()

@@ -16,6 +16,8 @@ cdef extern from "geonorm.h" nogil:
     int gn_simd_active()
     int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
     int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
+    int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, double eps,
+                      double *out, int nthreads)
     int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight,
                      const void *bias, double eps, int nthreads)
 
@@ -92,5 +94,14 @@ def normalize(int kind, tuple x, tuple out, uintptr_t weight, uintptr_t bias, do
     cdef int rc
     with nogil:
         rc = gn_normalize(kind, &xr, &orows, <const void *>weight, <const void *>bias, eps, nthreads)
+    if rc:
+        raise MemoryError("geonorm: no memory for a scratch row")
+
+
+def ln_rms_gap(tuple x, uintptr_t weight, uintptr_t bias, double eps, uintptr_t out, int nthreads):
+    cdef gn_rows xr = _rows(x)
+    cdef int rc
+    with nogil:
+        rc = gn_ln_rms_gap(&xr, <const double *>weight, <const double *>bias, eps, <double *>out, nthreads)
     if rc:
         raise MemoryError("geonorm: no memory for a scratch row")

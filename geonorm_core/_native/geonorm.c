@@ -357,6 +357,7 @@ static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int6
 {
     const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100; /* below: squares lost to underflow */
     double c = k[dtype].sum(row, d, &m->amax) / (double)d;
+    if (dtype != GN_F64) c = (float)c; /* the narrow kernels shift by a float */
     if (isfinite(c)) {
         double q, e;
         k[dtype].dev(row, d, c, &q, &e);
@@ -496,15 +497,46 @@ static double gn_row_rotation(const double *x, const double *y, int64_t d)
     return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
 }
 
-/* Widen a row to float64 and scale it by a power of two to max |x| in [0.5, 1);
- * returns 0 when the row is zero or not finite (its angle is then NaN). */
-static int gn_row_widen(int dtype, const void *row, int64_t d, double *dst)
+/* Widen a row to float64 and scale it by 2^-ex so that max |x| is in [0.5, 1).
+ * Returns 1, or 0 for a zero row (dst zeroed, ex = 0), or -1 for a row with NaN/Inf. */
+static int gn_row_widen(int dtype, const void *row, int64_t d, double *dst, int *ex)
 {
     gn_moments m;
-    int ex;
-    if (!gn_row_exponent(dtype, row, d, &ex, &m)) return 0;
-    for (int64_t i = 0; i < d; i++) dst[i] = ldexp(gn_elem(dtype, row, i), -ex);
+    if (!gn_row_exponent(dtype, row, d, ex, &m)) {
+        if (isnan(m.amax)) return -1;
+        *ex = 0;
+        memset(dst, 0, (size_t)d * sizeof(double));
+        return 0;
+    }
+    for (int64_t i = 0; i < d; i++) dst[i] = ldexp(gn_elem(dtype, row, i), -*ex);
     return 1;
+}
+
+/* What LayerNorm's mean subtraction changes in one row (G9):
+ * ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)||, LN(x) = w (x - mu 1)/sqrt(sigma^2 + eps) + b.
+ * The row arrives widened and rescaled by 2^-ex; both norms are invariant to
+ * that scale once eps is scaled by 4^-ex, so everything runs in that domain. */
+static double gn_row_ln_rms_gap(const double *x, int64_t d, int ex, const double *w, const double *b, double eps)
+{
+    gn_ksum s = {0.0, 0.0};
+    for (int64_t i = 0; i < d; i++) gn_kadd(&s, x[i]);
+    double mu = gn_kval(s) / (double)d, q = 0.0, e = 0.0, ss = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        double t = x[i] - mu;
+        q += t * t;
+        e += t;
+        ss += x[i] * x[i];
+    }
+    mu += e / (double)d;
+    double var = fmax(q - e * e / (double)d, 0.0) / (double)d, eps_s = ldexp(eps, -2 * ex);
+    double a = 1.0 / sqrt(var + eps_s), c = 1.0 / sqrt(ss / (double)d + eps_s), num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        double g = w ? w[i] : 1.0, ln = g * (x[i] - mu) * a + (b ? b[i] : 0.0);
+        double diff = g * ((x[i] - mu) * a - x[i] * c);
+        num += diff * diff;
+        den += ln * ln;
+    }
+    return den > 0.0 ? sqrt(num / den) : NAN;
 }
 
 /* ----------------------------------------------------------- 4. the drivers */
@@ -623,8 +655,38 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
                 gn_gather(y, yr, (char *)(scratch + 3 * d));
                 yr = (const char *)(scratch + 3 * d);
             }
-            int ok = gn_row_widen(x->dtype, xr, d, xs) && gn_row_widen(y->dtype, yr, d, ys);
+            int ex, ey;
+            int ok = gn_row_widen(x->dtype, xr, d, xs, &ex) > 0 && gn_row_widen(y->dtype, yr, d, ys, &ey) > 0;
             out[r] = ok ? gn_row_rotation(xs, ys, d) : NAN;
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, double eps, double *out,
+                  int nthreads)
+{
+    const int64_t n = x->n0 * x->n1, d = x->d;
+    const int direct = gn_rows_direct(x);
+    int failed = 0;
+    const int nt = gn_threads(nthreads, n, d);
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+    {
+        double *scratch = malloc((size_t)(2 * d) * sizeof(double)); /* widened row, gather buffer */
+        failed = !scratch;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (failed) continue;
+            const char *row = gn_row_ptr(x, r);
+            if (!direct) {
+                gn_gather(x, row, (char *)(scratch + d));
+                row = (const char *)(scratch + d);
+            }
+            int ex;
+            out[r] = gn_row_widen(x->dtype, row, d, scratch, &ex) >= 0
+                         ? gn_row_ln_rms_gap(scratch, d, ex, weight, bias, eps)
+                         : NAN;
         }
         free(scratch);
     }

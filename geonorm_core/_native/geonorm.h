@@ -35,6 +35,9 @@ int gn_simd_active(void);
 /* All return 0 on success and -1 when scratch memory could not be allocated. */
 int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads);
 int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads);
+/* ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)|| per row (weight, bias: NULL or d doubles). */
+int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, double eps, double *out,
+                  int nthreads);
 /* weight and bias: NULL or d contiguous values of the compute type
  * (float for f32/f16/bf16 rows, double for f64 rows). */
 int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight,

@@ -2,44 +2,43 @@
  * carries.  Included by geonorm.c once per (SIMD path, dtype) with the path's
  * vector macros and GN_T, GN_CT, GN_LOAD, GN_STORE, GN_TO_FLOAT, GN_FROM_FLOAT.
  *
- * Accuracy: float32 accumulators take at most 8 terms per lane (GN_BLOCK) before
- * they are widened into float64, so a block's relative error is below 7u
- * (u = 2^-24), and the deviation t = (x - hi) - lo from the shift c = hi + lo is
- * exact by Sterbenz's lemma exactly where cancellation would hurt (|mean| >> std).
- * The caller turns (sum; sum t^2, sum t) into mean and perp norm with the
- * corrected two-pass formula, which holds for any shift c. */
+ * Accuracy: the sum of x is carried in float64.  In the deviation pass, float32
+ * accumulators take at most 8 terms per lane (GN_BLOCK) before they are widened
+ * into float64, so a block's relative error is below 7u (u = 2^-24), and the
+ * deviation t = x - c from the float shift c is exact by Sterbenz's lemma exactly
+ * where cancellation would hurt (|mean| >> std).  The caller turns (sum; sum t^2,
+ * sum t) into mean and perp norm with the corrected two-pass formula, which holds
+ * for any shift c. */
 
 #define GN_FN(op) GN_CAT(GN_ISA, op, GN_T)
 
 /* Widen two float32 accumulators into one float64 vector. */
 #define GN_WIDEN2(a, b) VD_ADD(VD_ADD(VD_LO(a), VD_HI(a)), VD_ADD(VD_LO(b), VD_HI(b)))
 
-/* sum x (an estimate of the shift, refined by dev) and max |x| (exact). */
+/* sum x in float64 (exact for constant rows, so their shift is exact too) and max |x|. */
 GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
-    VD acc = VD_ZERO;
+    VD a0 = VD_ZERO, a1 = VD_ZERO, b0 = VD_ZERO, b1 = VD_ZERO;
     VF ma = VF_ZERO, mb = VF_ZERO;
     int64_t i = 0;
-    while (i + W <= d) {
-        int64_t end = d - i > 2 * GN_BLOCK * W ? i + 2 * GN_BLOCK * W : d;
-        VF a = VF_ZERO, b = VF_ZERO;
-        for (; i + 2 * W <= end; i += 2 * W) {
-            VF va = GN_LOAD(x + i), vb = GN_LOAD(x + i + W);
-            a = VF_ADD(a, va);
-            b = VF_ADD(b, vb);
-            ma = VF_MAX(ma, VF_ABS(va));
-            mb = VF_MAX(mb, VF_ABS(vb));
-        }
-        if (i + W <= end) {
-            VF va = GN_LOAD(x + i);
-            a = VF_ADD(a, va);
-            ma = VF_MAX(ma, VF_ABS(va));
-            i += W;
-        }
-        acc = VD_ADD(acc, GN_WIDEN2(a, b));
+    for (; i + 2 * W <= d; i += 2 * W) {
+        VF va = GN_LOAD(x + i), vb = GN_LOAD(x + i + W);
+        a0 = VD_ADD(a0, VD_LO(va));
+        a1 = VD_ADD(a1, VD_HI(va));
+        b0 = VD_ADD(b0, VD_LO(vb));
+        b1 = VD_ADD(b1, VD_HI(vb));
+        ma = VF_MAX(ma, VF_ABS(va));
+        mb = VF_MAX(mb, VF_ABS(vb));
     }
-    double s = VD_REDUCE(acc), m = VF_REDUCE_MAX(VF_MAX(ma, mb));
+    if (i + W <= d) {
+        VF va = GN_LOAD(x + i);
+        a0 = VD_ADD(a0, VD_LO(va));
+        a1 = VD_ADD(a1, VD_HI(va));
+        ma = VF_MAX(ma, VF_ABS(va));
+        i += W;
+    }
+    double s = VD_REDUCE(VD_ADD(VD_ADD(a0, a1), VD_ADD(b0, b1))), m = VF_REDUCE_MAX(VF_MAX(ma, mb));
     for (; i < d; i++) {
         float v = GN_TO_FLOAT(x[i]);
         s += v;
@@ -49,26 +48,28 @@ GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
     return s;
 }
 
+/* sum t^2 and sum t for t = x - c, c a float (the caller rounds its shift to one):
+ * t is exact by Sterbenz's lemma wherever x is within a factor 2 of c, i.e. exactly
+ * where cancellation would hurt, and exactly 0 for a constant row. */
 GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out)
 {
     const GN_CT *x = (const GN_CT *)xv;
-    const float hi = (float)c, lo = (float)(c - (double)hi);
-    const VF vhi = VF_SET1(hi), vlo = VF_SET1(lo);
+    const VF vc = VF_SET1((float)c);
     VD q = VD_ZERO, e = VD_ZERO;
     int64_t i = 0;
     while (i + W <= d) {
         int64_t end = d - i > 2 * GN_BLOCK * W ? i + 2 * GN_BLOCK * W : d;
         VF qa = VF_ZERO, qb = VF_ZERO, ea = VF_ZERO, eb = VF_ZERO;
         for (; i + 2 * W <= end; i += 2 * W) {
-            VF ta = VF_SUB(VF_SUB(GN_LOAD(x + i), vhi), vlo);
-            VF tb = VF_SUB(VF_SUB(GN_LOAD(x + i + W), vhi), vlo);
+            VF ta = VF_SUB(GN_LOAD(x + i), vc);
+            VF tb = VF_SUB(GN_LOAD(x + i + W), vc);
             qa = VF_FMA(ta, ta, qa);
             qb = VF_FMA(tb, tb, qb);
             ea = VF_ADD(ea, ta);
             eb = VF_ADD(eb, tb);
         }
         if (i + W <= end) {
-            VF ta = VF_SUB(VF_SUB(GN_LOAD(x + i), vhi), vlo);
+            VF ta = VF_SUB(GN_LOAD(x + i), vc);
             qa = VF_FMA(ta, ta, qa);
             ea = VF_ADD(ea, ta);
             i += W;
@@ -78,7 +79,7 @@ GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_
     }
     double qs = VD_REDUCE(q), es = VD_REDUCE(e);
     for (; i < d; i++) {
-        float t = (GN_TO_FLOAT(x[i]) - hi) - lo;
+        float t = GN_TO_FLOAT(x[i]) - (float)c;
         qs += (double)t * t;
         es += t;
     }

@@ -1,0 +1,220 @@
+"""The torch adapter: stream a model's hidden states through the core while it runs.
+
+The paper wrote every hidden vector of 1M tokens to disk (2-4 TB) to measure a
+handful of statistics.  Here a forward hook on each norm site hands the site's
+input ("hidden") and output ("post") to the core as they are produced -- CPU
+tensors in place, fp32/fp16/bf16 as they are; CUDA tensors through reused pinned
+buffers -- and per-token scalars are folded into mergeable accumulators, so
+memory does not grow with the number of tokens.
+
+Per site and token (SCIENCE.md §1):
+
+================  ==================================================================
+angle_hidden      angle(hidden, 1) in degrees (G2)
+angle_post        angle(post, 1)
+norm_hidden       ||hidden||
+norm_post         ||post||
+rotation          angle(hidden, post) (G11, G12)
+max_abs_hidden    max_i |hidden_i|: massive activations
+ln_rms_gap        ||LN(x) - (RMSNorm_gain(x) + bias)|| / ||LN(x)|| (G9): what the mean
+                  subtraction changes, for LayerNorm and RMSNorm sites alike
+================  ==================================================================
+
+Padding tokens (``attention_mask == 0``) are excluded; ``exclude_first_token``
+also drops each sequence's first real token (attention sinks carry the massive
+activations the paper's 9-degree SDs hint at).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import ops
+from .accumulate import SiteStats
+from .report import Report
+from .sites import NormSite, find_norm_sites
+
+
+def select_sites(model: torch.nn.Module, sites: Sequence[str] | None = None) -> list[NormSite]:
+    """The norm sites to measure: by default every residual-stream site (q/k norms excluded).
+
+    Parameters
+    ----------
+    sites : module names to measure instead (any site ``find_norm_sites`` reports).
+    """
+    found = find_norm_sites(model)
+    if not found:
+        raise ValueError(f"model ({type(model).__name__}) has no LayerNorm/RMSNorm norm sites to analyze")
+    if sites is None:
+        chosen = [s for s in found if s.residual]
+        return chosen or found
+    if isinstance(sites, str):
+        sites = [sites]
+    by_name = {s.name: s for s in found}
+    missing = [n for n in sites if n not in by_name]
+    if missing:
+        listing = ", ".join(list(by_name)[:8]) + (" ..." if len(by_name) > 8 else "")
+        raise ValueError(f"sites: no norm site named {missing}; this model has {len(by_name)}: {listing}")
+    return [by_name[n] for n in sites]
+
+
+class _HostBuffers:
+    """CPU views of tensors: CPU tensors as they are, CUDA tensors via reused pinned buffers."""
+
+    def __init__(self) -> None:
+        self._pinned: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, t: torch.Tensor, key: Any) -> torch.Tensor:
+        t = t.detach()
+        if t.device.type == "cpu":
+            return t
+        if t.device.type != "cuda":
+            return t.cpu()
+        buf = self._pinned.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self._pinned[key] = buf
+        buf.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return buf
+
+
+class Analyzer:
+    """Hooks on a model's norm sites that accumulate the geometry of every token it runs.
+
+    Use as a context manager (hooks are removed on exit) and feed it batches::
+
+        with Analyzer(model) as an:
+            for batch in batches:
+                an.feed(batch)
+        report = an.report()
+    """
+
+    def __init__(self, model: torch.nn.Module, sites: Sequence[str] | None = None, *,
+                 exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
+                 num_threads: int | None = None) -> None:
+        self.model = model
+        self.sites = select_sites(model, sites)
+        self.exclude_first_token = bool(exclude_first_token)
+        self.num_threads = num_threads
+        self.stats = {s.name: SiteStats(s.to_dict(), bins=bins) for s in self.sites}
+        self.meta = {"model": type(model).__name__, "exclude_first_token": self.exclude_first_token,
+                     "bins": bins, **dict(meta or {})}
+        self._host = _HostBuffers()
+        self._handles: list = []
+        self._rows: np.ndarray | None = None  # (B, T) mask of the tokens to count
+        self._gain = {s.name: _as_f64(s.gain) for s in self.sites}
+        self._bias = {s.name: _as_f64(s.bias) for s in self.sites}
+
+    # -- hooks -----------------------------------------------------------------------------
+    def __enter__(self) -> Analyzer:
+        for site in self.sites:
+            self._handles.append(site.module.register_forward_hook(self._hook(site), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, site: NormSite) -> Callable:
+        def hook(module, args, kwargs, output):
+            hidden = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+            post = output[0] if isinstance(output, (tuple, list)) else output
+            self._measure(site, hidden, post)
+
+        return hook
+
+    def _measure(self, site: NormSite, hidden: torch.Tensor, post: torch.Tensor) -> None:
+        h = self._host(hidden, (site.name, "hidden"))
+        p = self._host(post, (site.name, "post"))
+        nt = self.num_threads
+        dh = ops.decompose(h, num_threads=nt)
+        dp = ops.decompose(p, num_threads=nt)
+        values = {
+            "angle_hidden": dh.angle, "angle_post": dp.angle, "norm_hidden": dh.norm,
+            "norm_post": dp.norm, "max_abs_hidden": dh.max_abs,
+            "rotation": ops.rotation(h, p, num_threads=nt),
+            "ln_rms_gap": ops.ln_rms_gap(h, self._gain[site.name], self._bias[site.name], site.eps,
+                                         num_threads=nt),
+        }
+        keep = self._keep(dh.angle.shape)
+        if keep is not None:
+            values = {k: v[keep] for k, v in values.items()}
+        self.stats[site.name].update(**values)
+
+    def _keep(self, lead: tuple) -> np.ndarray | None:
+        """Which of a site's rows are real tokens (None: all of them)."""
+        rows = self._rows
+        if rows is None or lead == rows.shape:
+            return rows
+        if len(lead) == 2 and lead == rows.shape[::-1]:  # (T, B) layouts
+            return rows.T
+        return None  # another stack's sequence (e.g. an encoder's frames): every row counts
+
+    # -- batches ---------------------------------------------------------------------------
+    def feed(self, batch: Mapping[str, Any]) -> int:
+        """Run the model on one tokenizer batch; return the number of tokens counted."""
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise TypeError(f"batch must be a dict with 'input_ids' (and optionally 'attention_mask'), "
+                            f"as tokenizers make them; got {type(batch).__name__}")
+        device = next(self.model.parameters()).device
+        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        ids = inputs["input_ids"]
+        if ids.ndim != 2:
+            raise ValueError(f"batch['input_ids'] must have shape (batch, seq_len), got {tuple(ids.shape)}")
+        mask = inputs.get("attention_mask")
+        if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(f"batch['attention_mask'] has shape {tuple(mask.shape)}, "
+                             f"but input_ids has {tuple(ids.shape)}")
+        rows = np.ones(tuple(ids.shape), dtype=bool) if mask is None else mask.detach().cpu().numpy() != 0
+        if self.exclude_first_token:
+            rows &= np.cumsum(rows, axis=1) > 1
+        self._rows = rows
+        try:
+            with torch.inference_mode():
+                self.model(**inputs)
+        finally:
+            self._rows = None
+        return int(rows.sum())
+
+    def report(self) -> Report:
+        return Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
+
+
+def _as_f64(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sites: Sequence[str] | None = None,
+            exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
+            progress: Callable[[int], None] | None = None, num_threads: int | None = None) -> Report:
+    """Run ``model`` over ``batches`` and measure the geometry at every norm site.
+
+    Parameters
+    ----------
+    model : a torch / Hugging Face model (any device; set ``eval()`` yourself or via ``load_model``).
+    batches : dicts as tokenizers make them (``input_ids``, optional ``attention_mask``).
+    sites : module names to measure (default: every residual-stream norm site).
+    exclude_first_token : drop each sequence's first real token.
+    bins : histogram bins for the angle quantities over [0, 180] degrees.
+    progress : called with the number of tokens counted after each batch.
+
+    Returns
+    -------
+    Report
+        ``report.sites[name]`` holds each site's statistics (``.angle_hidden.mean`` ...),
+        ``report.table()`` the paper's Tables 2-4 for this model.
+    """
+    with Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
+                  num_threads=num_threads) as an:
+        tokens = 0
+        for batch in batches:
+            tokens += an.feed(batch)
+            if progress is not None:
+                progress(tokens)
+    if tokens == 0:
+        raise ValueError("batches: no tokens were analyzed (empty corpus, or every token masked out)")
+    return an.report()
