@@ -478,65 +478,89 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
         gn_row_affine_exact(dtype, row, orow, d, ex, mu, s, out_ex, w, b);
 }
 
-/* Angle in degrees between two rows already widened to float64 and scaled to
- * max |x| in [0.5, 1): Kahan's 2 atan2(|x^ - y^|, |x^ + y^|), accurate at 0 and 180. */
-static double gn_row_rotation(const double *x, const double *y, int64_t d)
-{
-    double nx = 0.0, ny = 0.0;
-    for (int64_t i = 0; i < d; i++) {
-        nx += x[i] * x[i];
-        ny += y[i] * y[i];
-    }
-    if (!(nx > 0.0 && ny > 0.0)) return NAN;
-    double a = 1.0 / sqrt(nx), b = 1.0 / sqrt(ny), qm = 0.0, qp = 0.0;
-    for (int64_t i = 0; i < d; i++) {
-        double u = a * x[i], v = b * y[i];
-        qm += (u - v) * (u - v);
-        qp += (u + v) * (u + v);
-    }
-    return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
-}
-
 /* Widen a row to float64 and scale it by 2^-ex so that max |x| is in [0.5, 1).
  * Returns 1, or 0 for a zero row (dst zeroed, ex = 0), or -1 for a row with NaN/Inf. */
 static int gn_row_widen(int dtype, const void *row, int64_t d, double *dst, int *ex)
 {
-    gn_moments m;
-    if (!gn_row_exponent(dtype, row, d, ex, &m)) {
-        if (isnan(m.amax)) return -1;
-        *ex = 0;
-        memset(dst, 0, (size_t)d * sizeof(double));
-        return 0;
+    switch (dtype) { /* one loop per type, so each one vectorizes */
+    case GN_F64: memcpy(dst, row, (size_t)d * sizeof(double)); break;
+    case GN_F32: for (int64_t i = 0; i < d; i++) dst[i] = ((const float *)row)[i]; break;
+    case GN_F16: for (int64_t i = 0; i < d; i++) dst[i] = gn_half_to_float(((const uint16_t *)row)[i]); break;
+    default: for (int64_t i = 0; i < d; i++) dst[i] = gn_bf16_to_float(((const uint16_t *)row)[i]);
     }
-    for (int64_t i = 0; i < d; i++) dst[i] = ldexp(gn_elem(dtype, row, i), -*ex);
+    double amax = 0.0, poison = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        double a = fabs(dst[i]);
+        amax = a > amax ? a : amax;
+        poison += dst[i] * 0.0; /* NaN as soon as one entry is NaN or Inf */
+    }
+    *ex = 0;
+    if (poison != 0.0) return -1;
+    if (amax == 0.0) return 0;
+    frexp(amax, ex);
+    if (*ex > -1000 && *ex < 1000) { /* 2^-ex is a normal double: scaling by it is exact */
+        const double scale = ldexp(1.0, -*ex);
+        for (int64_t i = 0; i < d; i++) dst[i] *= scale;
+    } else {
+        for (int64_t i = 0; i < d; i++) dst[i] = ldexp(dst[i], -*ex);
+    }
     return 1;
+}
+
+/* Angle in degrees between two widened, rescaled rows: Kahan's
+ * 2 atan2(|x^ - y^|, |x^ + y^|) on the unit vectors, accurate at 0 and 180 too. */
+static double gn_row_rotation(const gn_kernels *k64, const double *x, const double *y, int64_t d)
+{
+    double nx = k64->sumsq(x, d), ny = k64->sumsq(y, d);
+    if (!(nx > 0.0 && ny > 0.0)) return NAN;
+    const double a = 1.0 / sqrt(nx), b = 1.0 / sqrt(ny);
+    double qm[4] = {0}, qp[4] = {0};
+    int64_t i = 0;
+    for (; i + 4 <= d; i += 4)
+        for (int j = 0; j < 4; j++) {
+            double u = a * x[i + j], v = b * y[i + j];
+            qm[j] += (u - v) * (u - v);
+            qp[j] += (u + v) * (u + v);
+        }
+    for (; i < d; i++) {
+        double u = a * x[i], v = b * y[i];
+        qm[0] += (u - v) * (u - v);
+        qp[0] += (u + v) * (u + v);
+    }
+    double m = (qm[0] + qm[1]) + (qm[2] + qm[3]), p = (qp[0] + qp[1]) + (qp[2] + qp[3]);
+    return 2.0 * atan2(sqrt(m), sqrt(p)) * (180.0 / M_PI);
 }
 
 /* What LayerNorm's mean subtraction changes in one row (G9):
  * ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)||, LN(x) = w (x - mu 1)/sqrt(sigma^2 + eps) + b.
  * The row arrives widened and rescaled by 2^-ex; both norms are invariant to
  * that scale once eps is scaled by 4^-ex, so everything runs in that domain. */
-static double gn_row_ln_rms_gap(const double *x, int64_t d, int ex, const double *w, const double *b, double eps)
+static double gn_row_ln_rms_gap(const gn_kernels *k64, const double *x, int64_t d, int ex, const double *w,
+                                const double *b, double eps)
 {
-    gn_ksum s = {0.0, 0.0};
-    for (int64_t i = 0; i < d; i++) gn_kadd(&s, x[i]);
-    double mu = gn_kval(s) / (double)d, q = 0.0, e = 0.0, ss = 0.0;
-    for (int64_t i = 0; i < d; i++) {
-        double t = x[i] - mu;
-        q += t * t;
-        e += t;
-        ss += x[i] * x[i];
+    double amax, q, e;
+    double c = k64->sum(x, d, &amax) / (double)d;
+    k64->dev(x, d, c, &q, &e);
+    const double mu = c + e / (double)d, var = fmax(q - e * e / (double)d, 0.0) / (double)d;
+    const double eps_s = ldexp(eps, -2 * ex), ss = k64->sumsq(x, d);
+    const double a = 1.0 / sqrt(var + eps_s), r = 1.0 / sqrt(ss / (double)d + eps_s);
+    double num[4] = {0}, den[4] = {0};
+    int64_t i = 0;
+    for (; i + 4 <= d; i += 4)
+        for (int j = 0; j < 4; j++) {
+            double g = w ? w[i + j] : 1.0, t = (x[i + j] - mu) * a;
+            double ln = g * t + (b ? b[i + j] : 0.0), diff = g * (t - x[i + j] * r);
+            num[j] += diff * diff;
+            den[j] += ln * ln;
+        }
+    for (; i < d; i++) {
+        double g = w ? w[i] : 1.0, t = (x[i] - mu) * a;
+        double ln = g * t + (b ? b[i] : 0.0), diff = g * (t - x[i] * r);
+        num[0] += diff * diff;
+        den[0] += ln * ln;
     }
-    mu += e / (double)d;
-    double var = fmax(q - e * e / (double)d, 0.0) / (double)d, eps_s = ldexp(eps, -2 * ex);
-    double a = 1.0 / sqrt(var + eps_s), c = 1.0 / sqrt(ss / (double)d + eps_s), num = 0.0, den = 0.0;
-    for (int64_t i = 0; i < d; i++) {
-        double g = w ? w[i] : 1.0, ln = g * (x[i] - mu) * a + (b ? b[i] : 0.0);
-        double diff = g * ((x[i] - mu) * a - x[i] * c);
-        num += diff * diff;
-        den += ln * ln;
-    }
-    return den > 0.0 ? sqrt(num / den) : NAN;
+    double n = (num[0] + num[1]) + (num[2] + num[3]), dd = (den[0] + den[1]) + (den[2] + den[3]);
+    return dd > 0.0 ? sqrt(n / dd) : NAN;
 }
 
 /* ----------------------------------------------------------- 4. the drivers */
@@ -635,6 +659,7 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
 {
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int xdirect = gn_rows_direct(x), ydirect = gn_rows_direct(y);
+    const gn_kernels *k64 = &gn_table(gn_simd_active())[GN_F64];
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
@@ -657,7 +682,7 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
             }
             int ex, ey;
             int ok = gn_row_widen(x->dtype, xr, d, xs, &ex) > 0 && gn_row_widen(y->dtype, yr, d, ys, &ey) > 0;
-            out[r] = ok ? gn_row_rotation(xs, ys, d) : NAN;
+            out[r] = ok ? gn_row_rotation(k64, xs, ys, d) : NAN;
         }
         free(scratch);
     }
@@ -669,6 +694,7 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
 {
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int direct = gn_rows_direct(x);
+    const gn_kernels *k64 = &gn_table(gn_simd_active())[GN_F64];
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
@@ -685,7 +711,7 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
             }
             int ex;
             out[r] = gn_row_widen(x->dtype, row, d, scratch, &ex) >= 0
-                         ? gn_row_ln_rms_gap(scratch, d, ex, weight, bias, eps)
+                         ? gn_row_ln_rms_gap(k64, scratch, d, ex, weight, bias, eps)
                          : NAN;
         }
         free(scratch);
