@@ -590,6 +590,15 @@ static void gn_scatter(const gn_rows *x, const char *src, char *row)
     for (int64_t i = 0; i < x->d; i++) memcpy(row + i * x->sd, src + i * isz, (size_t)isz);
 }
 
+/* Rows per scheduling chunk: about 64 KiB of input, so that a thread the OS
+ * preempts (a busy machine, torch's own pool spinning) delays one chunk, not a
+ * whole static share.  Rows are independent, so results do not depend on it. */
+static int64_t gn_chunk(int64_t d, int dtype)
+{
+    int64_t rows = (64 * 1024) / (d * gn_itemsize(dtype));
+    return rows < 1 ? 1 : rows;
+}
+
 /* Threads: never more than rows, and one for batches too small to pay for a team. */
 static int gn_threads(int nthreads, int64_t n, int64_t d)
 {
@@ -606,11 +615,12 @@ int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
     const int direct = gn_rows_direct(x);
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
+    const int64_t chunk = gn_chunk(d, x->dtype);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = direct ? NULL : malloc((size_t)(d * 8));
         failed = !direct && !scratch;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
             const char *row = gn_row_ptr(x, r);
@@ -633,11 +643,12 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
     const int xdirect = gn_rows_direct(x), odirect = gn_rows_direct(out);
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
+    const int64_t chunk = gn_chunk(d, x->dtype);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
         failed = !(xdirect && odirect) && !scratch;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
             const char *row = gn_row_ptr(x, r);
@@ -662,12 +673,13 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
     const gn_kernels *k64 = &gn_table(gn_simd_active())[GN_F64];
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
+    const int64_t chunk = gn_chunk(d, x->dtype);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         /* widened x and y rows, then gather buffers for strided ones */
         double *scratch = malloc((size_t)(4 * d) * sizeof(double));
         failed = !scratch;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
             double *xs = scratch, *ys = scratch + d;
@@ -697,11 +709,12 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
     const gn_kernels *k64 = &gn_table(gn_simd_active())[GN_F64];
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
+    const int64_t chunk = gn_chunk(d, x->dtype);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         double *scratch = malloc((size_t)(2 * d) * sizeof(double)); /* widened row, gather buffer */
         failed = !scratch;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
             const char *row = gn_row_ptr(x, r);
