@@ -144,6 +144,34 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
     _mm256_storeu_si256((__m256i *)(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
 #define STORE_BF16(p, v) _mm256_storeu_si256((__m256i *)(p), _mm512_cvtepi32_epi16(avx512_bf16_bits(v)))
 
+/* 32 raw 16-bit elements: two float32 vectors (lanes permuted: fine for sums) and
+ * the running max of the magnitudes' bit patterns. */
+#define VI __m512i
+#define VI_ZERO _mm512_setzero_si512()
+#define VI_LOADU(p) _mm512_loadu_si512((const void *)(p))
+#define VI_MAXMAG16(m, raw) _mm512_max_epu16(m, _mm512_and_si512(raw, _mm512_set1_epi16(0x7fff)))
+#define VI_REDUCE_MAX16 avx512_reduce_max_u16
+#define PAIR_BF16(raw, va, vb)                                                         \
+    do {                                                                               \
+        va = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), raw)); \
+        vb = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), raw)); \
+    } while (0)
+#define PAIR_F16(raw, va, vb)                                          \
+    do {                                                               \
+        va = _mm512_cvtph_ps(_mm512_castsi512_si256(raw));             \
+        vb = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));       \
+    } while (0)
+
+GN_TARGET static inline uint16_t avx512_reduce_max_u16(__m512i v)
+{
+    __m256i m = _mm256_max_epu16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+    __m128i n = _mm_max_epu16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    n = _mm_max_epu16(n, _mm_srli_si128(n, 8));
+    n = _mm_max_epu16(n, _mm_srli_si128(n, 4));
+    n = _mm_max_epu16(n, _mm_srli_si128(n, 2));
+    return (uint16_t)_mm_extract_epi16(n, 0);
+}
+
 /* float32 -> bf16 bits (round to nearest even, NaN kept quiet) in 32-bit lanes. */
 GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
 {
@@ -211,6 +239,31 @@ GN_TARGET static inline double avx2_reduce_max_ps(__m256 v)
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
+#define VI __m256i
+#define VI_ZERO _mm256_setzero_si256()
+#define VI_LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VI_MAXMAG16(m, raw) _mm256_max_epu16(m, _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff)))
+#define VI_REDUCE_MAX16 avx2_reduce_max_u16
+#define PAIR_BF16(raw, va, vb)                                                         \
+    do {                                                                               \
+        va = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw)); \
+        vb = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw)); \
+    } while (0)
+#define PAIR_F16(raw, va, vb)                                          \
+    do {                                                               \
+        va = _mm256_cvtph_ps(_mm256_castsi256_si128(raw));             \
+        vb = _mm256_cvtph_ps(_mm256_extracti128_si256(raw, 1));        \
+    } while (0)
+
+GN_TARGET static inline uint16_t avx2_reduce_max_u16(__m256i v)
+{
+    __m128i n = _mm_max_epu16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    n = _mm_max_epu16(n, _mm_srli_si128(n, 8));
+    n = _mm_max_epu16(n, _mm_srli_si128(n, 4));
+    n = _mm_max_epu16(n, _mm_srli_si128(n, 2));
+    return (uint16_t)_mm_extract_epi16(n, 0);
 }
 
 /* float32 -> 8 packed bf16 (round to nearest even, NaN kept quiet). */
@@ -357,7 +410,13 @@ static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int6
 {
     const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100; /* below: squares lost to underflow */
     double c = k[dtype].sum(row, d, &m->amax) / (double)d;
-    if (dtype != GN_F64) c = (float)c; /* the narrow kernels shift by a float */
+    if (dtype != GN_F64) {
+        /* The narrow kernels shift by a float.  When the estimate is within a few
+         * float ulps of the first entry, shift by that entry instead: the shift is
+         * as good, and a constant row then has t = 0 exactly (mean exact, perp 0). */
+        double x0 = gn_elem(dtype, row, 0);
+        c = fabs(c - x0) <= 0x1p-18 * fabs(x0) ? x0 : (float)c;
+    }
     if (isfinite(c)) {
         double q, e;
         k[dtype].dev(row, d, c, &q, &e);
@@ -402,10 +461,16 @@ static void gn_row_decompose(const gn_kernels *k, int dtype, const void *row, in
         cos = fmin(fmax(coef / m.norm, -1.0), 1.0);
         angle = atan2(m.perp, coef) * (180.0 / M_PI); /* well conditioned at 0 and 180 too */
     }
-    out[GN_MEAN * qstride] = ldexp(m.mean, m.ex);
-    out[GN_COEF * qstride] = ldexp(coef, m.ex);
-    out[GN_NORM * qstride] = ldexp(m.norm, m.ex);
-    out[GN_PERP_NORM * qstride] = ldexp(m.perp, m.ex);
+    if (m.ex != 0) { /* undo the exact path's rescaling (a libm call: not on the fast path) */
+        m.mean = ldexp(m.mean, m.ex);
+        coef = ldexp(coef, m.ex);
+        m.norm = ldexp(m.norm, m.ex);
+        m.perp = ldexp(m.perp, m.ex);
+    }
+    out[GN_MEAN * qstride] = m.mean;
+    out[GN_COEF * qstride] = coef;
+    out[GN_NORM * qstride] = m.norm;
+    out[GN_PERP_NORM * qstride] = m.perp;
     out[GN_COS * qstride] = cos;
     out[GN_ANGLE * qstride] = angle;
     out[GN_MAX_ABS * qstride] = m.amax;
@@ -567,6 +632,7 @@ static double gn_row_ln_rms_gap(const gn_kernels *k64, const double *x, int64_t 
 
 static char *gn_row_ptr(const gn_rows *x, int64_t r)
 {
+    if (x->n0 == 1) return x->data + r * x->s1; /* the common case: no division */
     int64_t i = x->n1 ? r / x->n1 : 0, j = x->n1 ? r % x->n1 : 0;
     return x->data + i * x->s0 + j * x->s1;
 }

@@ -1,10 +1,11 @@
 /* SIMD kernels for a 16/32-bit element type, computing in float32 with float64
  * carries.  Included by geonorm.c once per (SIMD path, dtype) with the path's
- * vector macros and GN_T, GN_CT, GN_LOAD, GN_STORE, GN_TO_FLOAT, GN_FROM_FLOAT.
+ * vector macros and GN_T, GN_CT, GN_LOAD, GN_STORE, GN_TO_FLOAT, GN_FROM_FLOAT,
+ * GN_RAW16 (1 for the 16-bit types) and, for those, GN_PAIR.
  *
- * Accuracy: the sum of x is carried in float64.  In the deviation pass, float32
- * accumulators take at most 8 terms per lane (GN_BLOCK) before they are widened
- * into float64, so a block's relative error is below 7u (u = 2^-24), and the
+ * Accuracy: float32 accumulators take at most 8 terms per lane (GN_BLOCK) before
+ * they are widened into float64, so a block's relative error is below 7u
+ * (u = 2^-24); the sum of x is only the estimate of a shift, and the
  * deviation t = x - c from the float shift c is exact by Sterbenz's lemma exactly
  * where cancellation would hurt (|mean| >> std).  The caller turns (sum; sum t^2,
  * sum t) into mean and perp norm with the corrected two-pass formula, which holds
@@ -15,36 +16,77 @@
 /* Widen two float32 accumulators into one float64 vector. */
 #define GN_WIDEN2(a, b) VD_ADD(VD_ADD(VD_LO(a), VD_HI(a)), VD_ADD(VD_LO(b), VD_HI(b)))
 
-/* sum x in float64 (exact for constant rows, so their shift is exact too) and max |x|. */
+/* The reductions below read 2W elements per step as two float32 vectors, in
+ * whatever lane order is cheapest (GN_PAIR: bf16 by interleaving with zeros,
+ * fp16 through F16C); order does not matter to a sum.  For the 16-bit types the
+ * max |x| is taken on the raw bits (magnitudes order like their bit patterns). */
+
+/* Load 2W elements at p as two float32 vectors va, vb (for the 16-bit types also
+ * folding their magnitudes' bits into the running max m, when TRACK). */
+#if GN_RAW16
+#define GN_LOAD2(p, va, vb, m, TRACK)            \
+    do {                                         \
+        VI raw_ = VI_LOADU(p);                   \
+        GN_PAIR(raw_, va, vb);                   \
+        if (TRACK) m = VI_MAXMAG16(m, raw_);     \
+    } while (0)
+#else
+#define GN_LOAD2(p, va, vb, m, TRACK)            \
+    do {                                         \
+        va = GN_LOAD(p);                         \
+        vb = GN_LOAD((p) + W);                   \
+        if (TRACK) m = VF_MAX(m, VF_MAX(VF_ABS(va), VF_ABS(vb))); \
+    } while (0)
+#endif
+
+/* Each reduction keeps four float32 accumulators (four independent dependency
+ * chains, 4W elements a step), each taking at most GN_BLOCK terms per lane before
+ * the block is carried into float64. */
+#define GN_BLOCK_END(i, d) ((d) - (i) > 4 * GN_BLOCK * W ? (i) + 4 * GN_BLOCK * W : (d))
+
+/* sum x (float32 blocks with float64 carries: only an estimate of the shift,
+ * which dev's corrected sums make exact) and max |x| (exact). */
 GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
-    VD a0 = VD_ZERO, a1 = VD_ZERO, b0 = VD_ZERO, b1 = VD_ZERO;
-    VF ma = VF_ZERO, mb = VF_ZERO;
+    VD acc = VD_ZERO;
+#if GN_RAW16
+    VI m = VI_ZERO;
+#else
+    VF m = VF_ZERO;
+#endif
     int64_t i = 0;
-    for (; i + 2 * W <= d; i += 2 * W) {
-        VF va = GN_LOAD(x + i), vb = GN_LOAD(x + i + W);
-        a0 = VD_ADD(a0, VD_LO(va));
-        a1 = VD_ADD(a1, VD_HI(va));
-        b0 = VD_ADD(b0, VD_LO(vb));
-        b1 = VD_ADD(b1, VD_HI(vb));
-        ma = VF_MAX(ma, VF_ABS(va));
-        mb = VF_MAX(mb, VF_ABS(vb));
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK_END(i, d);
+        VF a0 = VF_ZERO, a1 = VF_ZERO, a2 = VF_ZERO, a3 = VF_ZERO, v0, v1, v2, v3;
+        for (; i + 4 * W <= end; i += 4 * W) {
+            GN_LOAD2(x + i, v0, v1, m, 1);
+            GN_LOAD2(x + i + 2 * W, v2, v3, m, 1);
+            a0 = VF_ADD(a0, v0);
+            a1 = VF_ADD(a1, v1);
+            a2 = VF_ADD(a2, v2);
+            a3 = VF_ADD(a3, v3);
+        }
+        if (i + 2 * W <= end) {
+            GN_LOAD2(x + i, v0, v1, m, 1);
+            a0 = VF_ADD(a0, v0);
+            a1 = VF_ADD(a1, v1);
+            i += 2 * W;
+        }
+        acc = VD_ADD(acc, VD_ADD(GN_WIDEN2(a0, a1), GN_WIDEN2(a2, a3)));
     }
-    if (i + W <= d) {
-        VF va = GN_LOAD(x + i);
-        a0 = VD_ADD(a0, VD_LO(va));
-        a1 = VD_ADD(a1, VD_HI(va));
-        ma = VF_MAX(ma, VF_ABS(va));
-        i += W;
-    }
-    double s = VD_REDUCE(VD_ADD(VD_ADD(a0, a1), VD_ADD(b0, b1))), m = VF_REDUCE_MAX(VF_MAX(ma, mb));
+#if GN_RAW16
+    double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m));
+#else
+    double mx = VF_REDUCE_MAX(m);
+#endif
+    double s = VD_REDUCE(acc);
     for (; i < d; i++) {
         float v = GN_TO_FLOAT(x[i]);
         s += v;
-        m = fmax(m, fabsf(v));
+        mx = fmax(mx, fabsf(v));
     }
-    *amax = m;
+    *amax = mx;
     return s;
 }
 
@@ -56,27 +98,46 @@ GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_
     const GN_CT *x = (const GN_CT *)xv;
     const VF vc = VF_SET1((float)c);
     VD q = VD_ZERO, e = VD_ZERO;
+#if GN_RAW16
+    VI unused = VI_ZERO;
+#else
+    VF unused = VF_ZERO;
+#endif
     int64_t i = 0;
-    while (i + W <= d) {
-        int64_t end = d - i > 2 * GN_BLOCK * W ? i + 2 * GN_BLOCK * W : d;
-        VF qa = VF_ZERO, qb = VF_ZERO, ea = VF_ZERO, eb = VF_ZERO;
-        for (; i + 2 * W <= end; i += 2 * W) {
-            VF ta = VF_SUB(GN_LOAD(x + i), vc);
-            VF tb = VF_SUB(GN_LOAD(x + i + W), vc);
-            qa = VF_FMA(ta, ta, qa);
-            qb = VF_FMA(tb, tb, qb);
-            ea = VF_ADD(ea, ta);
-            eb = VF_ADD(eb, tb);
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK_END(i, d);
+        VF q0 = VF_ZERO, q1 = VF_ZERO, q2 = VF_ZERO, q3 = VF_ZERO, v0, v1, v2, v3;
+        VF e0 = VF_ZERO, e1 = VF_ZERO, e2 = VF_ZERO, e3 = VF_ZERO;
+        for (; i + 4 * W <= end; i += 4 * W) {
+            GN_LOAD2(x + i, v0, v1, unused, 0);
+            GN_LOAD2(x + i + 2 * W, v2, v3, unused, 0);
+            v0 = VF_SUB(v0, vc);
+            v1 = VF_SUB(v1, vc);
+            v2 = VF_SUB(v2, vc);
+            v3 = VF_SUB(v3, vc);
+            q0 = VF_FMA(v0, v0, q0);
+            q1 = VF_FMA(v1, v1, q1);
+            q2 = VF_FMA(v2, v2, q2);
+            q3 = VF_FMA(v3, v3, q3);
+            e0 = VF_ADD(e0, v0);
+            e1 = VF_ADD(e1, v1);
+            e2 = VF_ADD(e2, v2);
+            e3 = VF_ADD(e3, v3);
         }
-        if (i + W <= end) {
-            VF ta = VF_SUB(GN_LOAD(x + i), vc);
-            qa = VF_FMA(ta, ta, qa);
-            ea = VF_ADD(ea, ta);
-            i += W;
+        if (i + 2 * W <= end) {
+            GN_LOAD2(x + i, v0, v1, unused, 0);
+            v0 = VF_SUB(v0, vc);
+            v1 = VF_SUB(v1, vc);
+            q0 = VF_FMA(v0, v0, q0);
+            q1 = VF_FMA(v1, v1, q1);
+            e0 = VF_ADD(e0, v0);
+            e1 = VF_ADD(e1, v1);
+            i += 2 * W;
         }
-        q = VD_ADD(q, GN_WIDEN2(qa, qb));
-        e = VD_ADD(e, GN_WIDEN2(ea, eb));
+        q = VD_ADD(q, VD_ADD(GN_WIDEN2(q0, q1), GN_WIDEN2(q2, q3)));
+        e = VD_ADD(e, VD_ADD(GN_WIDEN2(e0, e1), GN_WIDEN2(e2, e3)));
     }
+    (void)unused;
     double qs = VD_REDUCE(q), es = VD_REDUCE(e);
     for (; i < d; i++) {
         float t = GN_TO_FLOAT(x[i]) - (float)c;
@@ -91,18 +152,32 @@ GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
 {
     const GN_CT *x = (const GN_CT *)xv;
     VD acc = VD_ZERO;
+#if GN_RAW16
+    VI unused = VI_ZERO;
+#else
+    VF unused = VF_ZERO;
+#endif
     int64_t i = 0;
-    while (i + W <= d) {
-        int64_t end = d - i > 2 * GN_BLOCK * W ? i + 2 * GN_BLOCK * W : d;
-        VF a = VF_ZERO, b = VF_ZERO;
-        for (; i + 2 * W <= end; i += 2 * W) {
-            VF va = GN_LOAD(x + i), vb = GN_LOAD(x + i + W);
-            a = VF_FMA(va, va, a);
-            b = VF_FMA(vb, vb, b);
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK_END(i, d);
+        VF a0 = VF_ZERO, a1 = VF_ZERO, a2 = VF_ZERO, a3 = VF_ZERO, v0, v1, v2, v3;
+        for (; i + 4 * W <= end; i += 4 * W) {
+            GN_LOAD2(x + i, v0, v1, unused, 0);
+            GN_LOAD2(x + i + 2 * W, v2, v3, unused, 0);
+            a0 = VF_FMA(v0, v0, a0);
+            a1 = VF_FMA(v1, v1, a1);
+            a2 = VF_FMA(v2, v2, a2);
+            a3 = VF_FMA(v3, v3, a3);
         }
-        if (i + W <= end) { VF va = GN_LOAD(x + i); a = VF_FMA(va, va, a); i += W; }
-        acc = VD_ADD(acc, GN_WIDEN2(a, b));
+        if (i + 2 * W <= end) {
+            GN_LOAD2(x + i, v0, v1, unused, 0);
+            a0 = VF_FMA(v0, v0, a0);
+            a1 = VF_FMA(v1, v1, a1);
+            i += 2 * W;
+        }
+        acc = VD_ADD(acc, VD_ADD(GN_WIDEN2(a0, a1), GN_WIDEN2(a2, a3)));
     }
+    (void)unused;
     double s = VD_REDUCE(acc);
     for (; i < d; i++) { double v = GN_TO_FLOAT(x[i]); s += v * v; }
     return s;
@@ -133,4 +208,6 @@ GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double 
 }
 
 #undef GN_WIDEN2
+#undef GN_LOAD2
+#undef GN_BLOCK_END
 #undef GN_FN

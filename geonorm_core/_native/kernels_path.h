@@ -3,6 +3,7 @@
 
 #define GN_T f32
 #define GN_CT float
+#define GN_RAW16 0
 #define GN_LOAD LOAD_F32
 #define GN_STORE STORE_F32
 #define GN_TO_FLOAT(v) (v)
@@ -14,9 +15,13 @@
 #undef GN_STORE
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
+#undef GN_RAW16
+#undef GN_PAIR
 
 #define GN_T f16
 #define GN_CT uint16_t
+#define GN_RAW16 1
+#define GN_PAIR PAIR_F16
 #define GN_LOAD LOAD_F16
 #define GN_STORE STORE_F16
 #define GN_TO_FLOAT(v) gn_half_to_float(v)
@@ -28,9 +33,13 @@
 #undef GN_STORE
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
+#undef GN_RAW16
+#undef GN_PAIR
 
 #define GN_T bf16
 #define GN_CT uint16_t
+#define GN_RAW16 1
+#define GN_PAIR PAIR_BF16
 #define GN_LOAD LOAD_BF16
 #define GN_STORE STORE_BF16
 #define GN_TO_FLOAT(v) gn_bf16_to_float(v)
@@ -42,6 +51,8 @@
 #undef GN_STORE
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
+#undef GN_RAW16
+#undef GN_PAIR
 
 #include "kernels_f64.h"
 
@@ -81,3 +92,10 @@
 #undef STORE_F32
 #undef STORE_F16
 #undef STORE_BF16
+#undef VI
+#undef VI_ZERO
+#undef VI_LOADU
+#undef VI_MAXMAG16
+#undef VI_REDUCE_MAX16
+#undef PAIR_F16
+#undef PAIR_BF16
