@@ -18,7 +18,8 @@ core = Extension(
     "geonorm_core._native._core",
     sources=[f"{native}/_core.pyx", f"{native}/geonorm.c"],
     depends=[f"{native}/{h}" for h in
-             ("geonorm.h", "dtypes.h", "kernels_scalar.h", "kernels_narrow.h", "kernels_f64.h", "kernels_path.h")],
+             ("geonorm.h", "dtypes.h", "kernels_scalar.h", "kernels_narrow.h", "kernels_f64.h", "kernels_path.h",
+              "kernels_rows.h")],
     include_dirs=[native],
     extra_compile_args=compile_args,
     extra_link_args=openmp,

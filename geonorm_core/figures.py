@@ -40,7 +40,8 @@ def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]
     rows = report.layers()
     if not rows:
         return []
-    first, second = report._block_roles()
+    first, second = report.block_labels()
+    roles = report._block_roles()
     title = report.meta.get("model_name") or report.meta.get("model", "")
     x = np.arange(len(rows))
     ticks = [f"{r['stack'][:3]}.{r['layer']}" if r["stack"] else str(r["layer"]) for r in rows]
@@ -87,7 +88,7 @@ def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]
     pick = rows[len(rows) // 2] if layer is None else next(r for r in rows if r["layer"] == layer)
     site = next(s for s in report.sites.values()
                 if s.meta.get("layer") == pick["layer"] and (s.meta.get("stack") or "") == pick["stack"]
-                and s.meta.get("role") in (first, second))
+                and s.meta.get("role") in roles)
     q = site.angle_hidden
     edges, counts = q.edges, q.histogram.counts
     width = np.diff(edges)

@@ -31,6 +31,7 @@ from .accumulate import SiteStats, baseline_angle_sd, compare_to_baseline
 #: The two norms of a block, in the order the residual stream meets them, by architecture
 #: family: pre-LN blocks (GPT-2, Llama, ...) and post-LN blocks (BERT).
 _BLOCK_ROLES = (("LN1", "LN2"), ("post_attn", "post_mlp"))
+_ROLE_LABEL = {"LN1": "LN1", "LN2": "LN2", "post_attn": "attn-LN", "post_mlp": "mlp-LN"}
 
 
 @dataclass
@@ -85,6 +86,10 @@ class Report:
             if pair[0] in roles:
                 return pair
         return _BLOCK_ROLES[0]
+
+    def block_labels(self) -> tuple[str, str]:
+        """How tables and figures name the block's two norms (LN1/LN2, or attn-LN/mlp-LN post-LN)."""
+        return tuple(_ROLE_LABEL[r] for r in self._block_roles())
 
     def layers(self) -> list[dict]:
         """One row per (stack, layer): the paper's per-layer columns, SD over tokens.
@@ -144,7 +149,7 @@ class Report:
 
     def table(self) -> str:
         """The paper's Tables 2-4 for this model, as Markdown."""
-        first, second = self._block_roles()
+        first, second = self.block_labels()
         rows, avg = self.layers(), self.averages()
         meta = self.meta
         lines = [f"# geonorm report: {meta.get('model_name') or meta.get('model', 'model')}", ""]

@@ -219,3 +219,21 @@ def test_hooks_are_removed(llama):
         an.feed(batches(n=1)[0])
         assert any(m._forward_hooks for m in llama.modules())
     assert not any(m._forward_hooks for m in llama.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on a GPU machine)")
+def test_cuda_states_come_over_through_reused_pinned_buffers():
+    cpu = tiny("llama")
+    gpu = tiny("llama").cuda()
+    bl = batches(n=2)
+    with Analyzer(gpu) as an:
+        for b in bl:
+            an.feed(b)
+        buffers = dict(an._host._pinned)
+        assert buffers and all(t.is_pinned() for t in buffers.values())
+        an.feed(bl[0])  # same shapes: the same pinned buffers are reused, none allocated
+        assert {k: id(v) for k, v in an._host._pinned.items()} == {k: id(v) for k, v in buffers.items()}
+    a, b = an.report(), analyze(cpu, bl + bl[:1])
+    for name in b.sites:
+        for q in QUANTITIES:
+            assert a.sites[name][q].mean == pytest.approx(b.sites[name][q].mean, rel=1e-3, abs=1e-3), (name, q)

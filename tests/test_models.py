@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported anywhere
@@ -196,3 +197,42 @@ def test_requirements_file_pins_exactly_the_models_packages():
     assert all(re.fullmatch(r"[a-z0-9-]+==[0-9.]+", p) for p in pins)
     for info in MODELS.values():
         assert info.norm in ("layernorm", "rmsnorm") and info.d > 0 and info.layers > 0
+
+
+# ----------------------------------------------------- norm sites of the real models
+
+
+def _sites(model):
+    from geonorm_core.sites import find_norm_sites
+
+    return find_norm_sites(model)
+
+
+def test_smollm2_norm_sites(smollm2):
+    sites = _sites(smollm2[0])
+    assert len(sites) == 61 and all(s.residual and s.verified for s in sites)
+    assert {(s.kind, s.variant, s.d) for s in sites} == {("rmsnorm", "llama", 576)}
+    roles = [s.role for s in sites]
+    assert roles.count("LN1") == roles.count("LN2") == 30 and roles[-1] == "final"
+
+
+def test_gemma3_norm_sites(gemma3):
+    sites = _sites(gemma3[0])
+    assert {s.variant for s in sites} == {"gemma"} and all(s.verified for s in sites)
+    by_role = {}
+    for s in sites:
+        by_role.setdefault(s.role, []).append(s)
+    for role in ("LN1", "post_attn", "LN2", "post_mlp"):
+        assert len(by_role[role]) == 18 and all(s.residual and s.d == 640 for s in by_role[role])
+    for role in ("q_norm", "k_norm"):  # per-head norms: reported, not on the residual stream
+        assert len(by_role[role]) == 18 and not any(s.residual for s in by_role[role])
+    norm = gemma3[0].model.layers[3].input_layernorm
+    site = next(s for s in by_role["LN1"] if s.layer == 3)
+    np.testing.assert_array_equal(site.gain, 1 + norm.weight.detach().float().numpy())
+
+
+def test_minilm_norm_sites(minilm):
+    sites = _sites(minilm[0])
+    assert {(s.kind, s.d) for s in sites} == {("layernorm", 384)} and all(s.bias is not None for s in sites)
+    roles = [s.role for s in sites]
+    assert roles.count("embed") == 1 and roles.count("post_attn") == roles.count("post_mlp") == 6

@@ -12,6 +12,7 @@
 #include "geonorm.h"
 #include "dtypes.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@
 
 typedef struct {
     double (*sum)(const void *x, int64_t d, double *amax);                   /* sum x, max|x| */
+    double (*sumw)(const void *x, int64_t d, double *amax, float *wide);    /* sum, widening */
     void (*dev)(const void *x, int64_t d, double c, double *q, double *e);   /* sum t^2, sum t */
     double (*sumsq)(const void *x, int64_t d);                               /* sum x^2       */
     void (*affine)(const void *x, void *out, int64_t d, double mu, double scale,
@@ -97,8 +99,35 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #undef GN_FROM_DOUBLE
 #undef GN_WEIGHT
 
+/* The scalar baseline of kernels_rows.h: "vectors" of one double. */
+#define GN_ISA scalar
+#define GN_TARGET
+#define WD 1
+#define VD double
+#define VD_ZERO 0.0
+#define VD_SET1(v) (v)
+#define VD_ADD(a, b) ((a) + (b))
+#define VD_SUB(a, b) ((a) - (b))
+#define VD_MUL(a, b) ((a) * (b))
+#define VD_LOADU(p) (*(p))
+#define VD_REDUCE(v) (v)
+#include "kernels_rows.h"
+#undef GN_ISA
+#undef GN_TARGET
+#undef WD
+#undef VD
+#undef VD_ZERO
+#undef VD_SET1
+#undef VD_ADD
+#undef VD_SUB
+#undef VD_MUL
+#undef VD_LOADU
+#undef VD_REDUCE
+
 #define GN_KERNELS(isa, t) \
-    { GN_CAT(isa, sum, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
+    { GN_CAT(isa, sum, t), NULL, GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
+#define GN_KERNELS_W(isa, t) \
+    { GN_CAT(isa, sum, t), GN_CAT(isa, sumw, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
 
 /* Each SIMD path includes kernels_path.h: kernels_narrow.h per narrow type, kernels_f64.h. */
 #define GN_BLOCK 8
@@ -118,6 +147,7 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #define VF_MUL _mm512_mul_ps
 #define VF_FMA _mm512_fmadd_ps
 #define VF_LOADU _mm512_loadu_ps
+#define VF_STOREU _mm512_storeu_ps
 #define VD_ZERO _mm512_setzero_pd()
 #define VD_SET1 _mm512_set1_pd
 #define VD_ADD _mm512_add_pd
@@ -181,6 +211,7 @@ GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
     __m512i qnan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, qnan);
 }
+#include "kernels_rows.h"
 #include "kernels_path.h"
 
 /* AVX2 with F16C and FMA. */
@@ -197,6 +228,7 @@ GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
 #define VF_MUL _mm256_mul_ps
 #define VF_FMA _mm256_fmadd_ps
 #define VF_LOADU _mm256_loadu_ps
+#define VF_STOREU _mm256_storeu_ps
 #define VD_ZERO _mm256_setzero_pd()
 #define VD_SET1 _mm256_set1_pd
 #define VD_ADD _mm256_add_pd
@@ -277,8 +309,28 @@ GN_TARGET static inline __m128i avx2_bf16_bits(__m256 v)
     __m256i packed = _mm256_packus_epi32(r, r); /* per 128-bit lane: r0-3 r0-3 | r4-7 r4-7 */
     return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
 }
+#include "kernels_rows.h"
 #include "kernels_path.h"
 #endif /* GN_X86 */
+
+typedef struct {
+    int (*widen)(int dtype, const void *row, int64_t d, double *dst, int *ex);
+    double (*rotation)(const double *x, const double *y, int64_t d);
+    double (*gap)(const double *x, int64_t d, int ex, const double *w, const double *b, double eps);
+} gn_rowops;
+
+static const gn_rowops *gn_rowops_for(int simd)
+{
+    static const gn_rowops scalar = {scalar_row_widen, scalar_row_rotation, scalar_row_gap};
+#ifdef GN_X86
+    static const gn_rowops avx2 = {avx2_row_widen, avx2_row_rotation, avx2_row_gap};
+    static const gn_rowops avx512 = {avx512_row_widen, avx512_row_rotation, avx512_row_gap};
+    if (simd == GN_AVX512) return &avx512;
+    if (simd == GN_AVX2) return &avx2;
+#endif
+    (void)simd;
+    return &scalar;
+}
 
 static const gn_kernels *gn_table(int simd)
 {
@@ -286,9 +338,9 @@ static const gn_kernels *gn_table(int simd)
         GN_KERNELS(scalar, f64), GN_KERNELS(scalar, f32), GN_KERNELS(scalar, f16), GN_KERNELS(scalar, bf16)};
 #ifdef GN_X86
     static const gn_kernels avx2[GN_NDTYPES] = {
-        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS(avx2, f16), GN_KERNELS(avx2, bf16)};
+        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS_W(avx2, f16), GN_KERNELS_W(avx2, bf16)};
     static const gn_kernels avx512[GN_NDTYPES] = {
-        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS(avx512, f16), GN_KERNELS(avx512, bf16)};
+        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS_W(avx512, f16), GN_KERNELS_W(avx512, bf16)};
     if (simd == GN_AVX512) return avx512;
     if (simd == GN_AVX2) return avx2;
 #endif
@@ -406,10 +458,13 @@ static void gn_row_moments_exact(int dtype, const void *row, int64_t d, gn_momen
 /* mean, perp norm and norm of one row: shift by an estimate c of the mean, then
  * the corrected two-pass formula  mu = c + e/d,  ||Px||^2 = q - e^2/d  (exact for
  * any c), and ||x||^2 = d mu^2 + ||Px||^2 (G5) so no square of a raw x is taken. */
-static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int64_t d, gn_moments *m)
+/* `wide`: NULL, or a scratch of d floats for the paths that widen 16-bit rows
+ * once (sumw) and run the deviation pass with the float32 kernel. */
+static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int64_t d, gn_moments *m, float *wide)
 {
     const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100; /* below: squares lost to underflow */
-    double c = k[dtype].sum(row, d, &m->amax) / (double)d;
+    const int widen = wide && k[dtype].sumw;
+    double c = (widen ? k[dtype].sumw(row, d, &m->amax, wide) : k[dtype].sum(row, d, &m->amax)) / (double)d;
     if (dtype != GN_F64) {
         /* The narrow kernels shift by a float.  When the estimate is within a few
          * float ulps of the first entry, shift by that entry instead: the shift is
@@ -419,7 +474,10 @@ static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int6
     }
     if (isfinite(c)) {
         double q, e;
-        k[dtype].dev(row, d, c, &q, &e);
+        if (widen)
+            k[GN_F32].dev(wide, d, c, &q, &e);
+        else
+            k[dtype].dev(row, d, c, &q, &e);
         double mu = c + e / (double)d, perp2 = fmax(q - e * e / (double)d, 0.0);
         double norm2 = (double)d * mu * mu + perp2;
         if (q >= tiny && isfinite(norm2)) {
@@ -451,10 +509,10 @@ static double gn_row_rms(const gn_kernels *k, int dtype, const void *row, int64_
 }
 
 static void gn_row_decompose(const gn_kernels *k, int dtype, const void *row, int64_t d, double *out,
-                             int64_t qstride)
+                             int64_t qstride, float *wide)
 {
     gn_moments m;
-    gn_row_moments(k, dtype, row, d, &m);
+    gn_row_moments(k, dtype, row, d, &m, wide);
     double coef = m.mean * sqrt((double)d);
     double cos = NAN, angle = NAN;
     if (m.norm > 0.0) { /* the angle with 1 is undefined for the zero vector */
@@ -517,7 +575,7 @@ static double gn_rstd_scaled(double sigma, double eps, int ex, int *out_ex)
  * kernels take rows whose statistics needed no rescaling; the others (values
  * near the ends of the float64 range) take the exact float64 twin. */
 static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const void *row, void *orow, int64_t d,
-                             const void *w, const void *b, double eps)
+                             const void *w, const void *b, double eps, float *wide)
 {
     double mu = 0.0, s = 1.0;
     int ex, out_ex = 0;
@@ -527,7 +585,7 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
         b = NULL;
     } else {
         gn_moments m;
-        gn_row_moments(k, dtype, row, d, &m);
+        gn_row_moments(k, dtype, row, d, &m, wide);
         mu = m.mean;
         ex = m.ex;
         if (kind == GN_LAYER_NORM) {
@@ -541,91 +599,6 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
         k[dtype].affine(row, orow, d, mu, s, w, b);
     else
         gn_row_affine_exact(dtype, row, orow, d, ex, mu, s, out_ex, w, b);
-}
-
-/* Widen a row to float64 and scale it by 2^-ex so that max |x| is in [0.5, 1).
- * Returns 1, or 0 for a zero row (dst zeroed, ex = 0), or -1 for a row with NaN/Inf. */
-static int gn_row_widen(int dtype, const void *row, int64_t d, double *dst, int *ex)
-{
-    switch (dtype) { /* one loop per type, so each one vectorizes */
-    case GN_F64: memcpy(dst, row, (size_t)d * sizeof(double)); break;
-    case GN_F32: for (int64_t i = 0; i < d; i++) dst[i] = ((const float *)row)[i]; break;
-    case GN_F16: for (int64_t i = 0; i < d; i++) dst[i] = gn_half_to_float(((const uint16_t *)row)[i]); break;
-    default: for (int64_t i = 0; i < d; i++) dst[i] = gn_bf16_to_float(((const uint16_t *)row)[i]);
-    }
-    double amax = 0.0, poison = 0.0;
-    for (int64_t i = 0; i < d; i++) {
-        double a = fabs(dst[i]);
-        amax = a > amax ? a : amax;
-        poison += dst[i] * 0.0; /* NaN as soon as one entry is NaN or Inf */
-    }
-    *ex = 0;
-    if (poison != 0.0) return -1;
-    if (amax == 0.0) return 0;
-    frexp(amax, ex);
-    if (*ex > -1000 && *ex < 1000) { /* 2^-ex is a normal double: scaling by it is exact */
-        const double scale = ldexp(1.0, -*ex);
-        for (int64_t i = 0; i < d; i++) dst[i] *= scale;
-    } else {
-        for (int64_t i = 0; i < d; i++) dst[i] = ldexp(dst[i], -*ex);
-    }
-    return 1;
-}
-
-/* Angle in degrees between two widened, rescaled rows: Kahan's
- * 2 atan2(|x^ - y^|, |x^ + y^|) on the unit vectors, accurate at 0 and 180 too. */
-static double gn_row_rotation(const gn_kernels *k64, const double *x, const double *y, int64_t d)
-{
-    double nx = k64->sumsq(x, d), ny = k64->sumsq(y, d);
-    if (!(nx > 0.0 && ny > 0.0)) return NAN;
-    const double a = 1.0 / sqrt(nx), b = 1.0 / sqrt(ny);
-    double qm[4] = {0}, qp[4] = {0};
-    int64_t i = 0;
-    for (; i + 4 <= d; i += 4)
-        for (int j = 0; j < 4; j++) {
-            double u = a * x[i + j], v = b * y[i + j];
-            qm[j] += (u - v) * (u - v);
-            qp[j] += (u + v) * (u + v);
-        }
-    for (; i < d; i++) {
-        double u = a * x[i], v = b * y[i];
-        qm[0] += (u - v) * (u - v);
-        qp[0] += (u + v) * (u + v);
-    }
-    double m = (qm[0] + qm[1]) + (qm[2] + qm[3]), p = (qp[0] + qp[1]) + (qp[2] + qp[3]);
-    return 2.0 * atan2(sqrt(m), sqrt(p)) * (180.0 / M_PI);
-}
-
-/* What LayerNorm's mean subtraction changes in one row (G9):
- * ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)||, LN(x) = w (x - mu 1)/sqrt(sigma^2 + eps) + b.
- * The row arrives widened and rescaled by 2^-ex; both norms are invariant to
- * that scale once eps is scaled by 4^-ex, so everything runs in that domain. */
-static double gn_row_ln_rms_gap(const gn_kernels *k64, const double *x, int64_t d, int ex, const double *w,
-                                const double *b, double eps)
-{
-    double amax, q, e;
-    double c = k64->sum(x, d, &amax) / (double)d;
-    k64->dev(x, d, c, &q, &e);
-    const double mu = c + e / (double)d, var = fmax(q - e * e / (double)d, 0.0) / (double)d;
-    const double eps_s = ldexp(eps, -2 * ex), ss = k64->sumsq(x, d);
-    const double a = 1.0 / sqrt(var + eps_s), r = 1.0 / sqrt(ss / (double)d + eps_s);
-    double num[4] = {0}, den[4] = {0};
-    int64_t i = 0;
-    for (; i + 4 <= d; i += 4)
-        for (int j = 0; j < 4; j++) {
-            double g = w ? w[i + j] : 1.0, t = (x[i + j] - mu) * a;
-            double ln = g * t + (b ? b[i + j] : 0.0), diff = g * (t - x[i + j] * r);
-            num[j] += diff * diff;
-            den[j] += ln * ln;
-        }
-    for (; i < d; i++) {
-        double g = w ? w[i] : 1.0, t = (x[i] - mu) * a;
-        double ln = g * t + (b ? b[i] : 0.0), diff = g * (t - x[i] * r);
-        num[0] += diff * diff;
-        den[0] += ln * ln;
-    }
-    double n = (num[0] + num[1]) + (num[2] + num[3]), dd = (den[0] + den[1]) + (den[2] + den[3]);
-    return dd > 0.0 ? sqrt(n / dd) : NAN;
 }
 
 /* ----------------------------------------------------------- 4. the drivers */
@@ -685,7 +658,8 @@ int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = direct ? NULL : malloc((size_t)(d * 8));
-        failed = !direct && !scratch;
+        float *wide = k[x->dtype].sumw ? malloc((size_t)d * sizeof(float)) : NULL;
+        failed = (!direct && !scratch) || (k[x->dtype].sumw && !wide);
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
@@ -694,9 +668,10 @@ int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
                 gn_gather(x, row, scratch);
                 row = scratch;
             }
-            gn_row_decompose(k, x->dtype, row, d, out + r, qstride);
+            gn_row_decompose(k, x->dtype, row, d, out + r, qstride, wide);
         }
         free(scratch);
+        free(wide);
     }
     return failed ? -1 : 0;
 }
@@ -713,7 +688,8 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
-        failed = !(xdirect && odirect) && !scratch;
+        float *wide = k[x->dtype].sumw ? malloc((size_t)d * sizeof(float)) : NULL;
+        failed = (!(xdirect && odirect) && !scratch) || (k[x->dtype].sumw && !wide);
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
@@ -724,10 +700,11 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
                 row = scratch;
             }
             char *dst = odirect ? orow : scratch + d * 8;
-            gn_row_normalize(k, kind, x->dtype, row, dst, d, weight, bias, eps);
+            gn_row_normalize(k, kind, x->dtype, row, dst, d, weight, bias, eps, wide);
             if (!odirect) gn_scatter(out, dst, orow);
         }
         free(scratch);
+        free(wide);
     }
     return failed ? -1 : 0;
 }
@@ -736,7 +713,7 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
 {
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int xdirect = gn_rows_direct(x), ydirect = gn_rows_direct(y);
-    const gn_kernels *k64 = &gn_table(gn_simd_active())[GN_F64];
+    const gn_rowops *ops = gn_rowops_for(gn_simd_active());
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
     const int64_t chunk = gn_chunk(d, x->dtype);
@@ -759,8 +736,8 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
                 yr = (const char *)(scratch + 3 * d);
             }
             int ex, ey;
-            int ok = gn_row_widen(x->dtype, xr, d, xs, &ex) > 0 && gn_row_widen(y->dtype, yr, d, ys, &ey) > 0;
-            out[r] = ok ? gn_row_rotation(k64, xs, ys, d) : NAN;
+            int ok = ops->widen(x->dtype, xr, d, xs, &ex) > 0 && ops->widen(y->dtype, yr, d, ys, &ey) > 0;
+            out[r] = ok ? ops->rotation(xs, ys, d) : NAN;
         }
         free(scratch);
     }
@@ -772,7 +749,7 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
 {
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int direct = gn_rows_direct(x);
-    const gn_kernels *k64 = &gn_table(gn_simd_active())[GN_F64];
+    const gn_rowops *ops = gn_rowops_for(gn_simd_active());
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
     const int64_t chunk = gn_chunk(d, x->dtype);
@@ -789,9 +766,8 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
                 row = (const char *)(scratch + d);
             }
             int ex;
-            out[r] = gn_row_widen(x->dtype, row, d, scratch, &ex) >= 0
-                         ? gn_row_ln_rms_gap(k64, scratch, d, ex, weight, bias, eps)
-                         : NAN;
+            out[r] = ops->widen(x->dtype, row, d, scratch, &ex) >= 0 ? ops->gap(scratch, d, ex, weight, bias, eps)
+                                                                   : NAN;
         }
         free(scratch);
     }

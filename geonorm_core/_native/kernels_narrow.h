@@ -90,6 +90,53 @@ GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
     return s;
 }
 
+#if GN_RAW16
+/* sum, as above, that also leaves the row widened to float32 in `wide` (lanes in
+ * GN_PAIR's order), so the deviation pass runs the float32 kernel from L1 and
+ * converts nothing twice. */
+GN_TARGET static double GN_FN(sumw)(const void *xv, int64_t d, double *amax, float *wide)
+{
+    const GN_CT *x = (const GN_CT *)xv;
+    VD acc = VD_ZERO;
+    VI m = VI_ZERO;
+    int64_t i = 0;
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK_END(i, d);
+        VF a0 = VF_ZERO, a1 = VF_ZERO, a2 = VF_ZERO, a3 = VF_ZERO, v0, v1, v2, v3;
+        for (; i + 4 * W <= end; i += 4 * W) {
+            GN_LOAD2(x + i, v0, v1, m, 1);
+            GN_LOAD2(x + i + 2 * W, v2, v3, m, 1);
+            VF_STOREU(wide + i, v0);
+            VF_STOREU(wide + i + W, v1);
+            VF_STOREU(wide + i + 2 * W, v2);
+            VF_STOREU(wide + i + 3 * W, v3);
+            a0 = VF_ADD(a0, v0);
+            a1 = VF_ADD(a1, v1);
+            a2 = VF_ADD(a2, v2);
+            a3 = VF_ADD(a3, v3);
+        }
+        if (i + 2 * W <= end) {
+            GN_LOAD2(x + i, v0, v1, m, 1);
+            VF_STOREU(wide + i, v0);
+            VF_STOREU(wide + i + W, v1);
+            a0 = VF_ADD(a0, v0);
+            a1 = VF_ADD(a1, v1);
+            i += 2 * W;
+        }
+        acc = VD_ADD(acc, VD_ADD(GN_WIDEN2(a0, a1), GN_WIDEN2(a2, a3)));
+    }
+    double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m)), s = VD_REDUCE(acc);
+    for (; i < d; i++) {
+        float v = GN_TO_FLOAT(x[i]);
+        wide[i] = v;
+        s += v;
+        mx = fmax(mx, fabsf(v));
+    }
+    *amax = mx;
+    return s;
+}
+#endif
+
 /* sum t^2 and sum t for t = x - c, c a float (the caller rounds its shift to one):
  * t is exact by Sterbenz's lemma wherever x is within a factor 2 of c, i.e. exactly
  * where cancellation would hurt, and exactly 0 for a constant row. */

@@ -1,0 +1,166 @@
+/* Row functions on float64 copies of rows (rotation, LN-RMS gap), written as
+ * plain C with four independent accumulators so that the compiler vectorizes
+ * them for each SIMD path.  Included by geonorm.c once per path (GN_ISA,
+ * GN_TARGET defined; GN_TARGET empty for the scalar baseline). */
+
+#define GN_ROWFN(op) GN_CAT(GN_ISA, row, op)
+
+/* Widen a row to float64; a float64 row is also scaled by 2^-ex so that max |x|
+ * is in [0.5, 1).  Returns 1, or for float64 rows 0 for a zero row (dst zeroed,
+ * ex = 0) and -1 for a row with NaN/Inf. */
+GN_TARGET static int GN_ROWFN(widen)(int dtype, const void *row, int64_t d, double *dst, int *ex)
+{
+    *ex = 0;
+    switch (dtype) { /* one loop per type, so each one vectorizes */
+    case GN_F64: memcpy(dst, row, (size_t)d * sizeof(double)); break;
+    case GN_F32: for (int64_t i = 0; i < d; i++) dst[i] = ((const float *)row)[i]; break;
+    case GN_F16: for (int64_t i = 0; i < d; i++) dst[i] = gn_half_to_float(((const uint16_t *)row)[i]); break;
+    default: for (int64_t i = 0; i < d; i++) dst[i] = gn_u2f((uint32_t)((const uint16_t *)row)[i] << 16);
+    }
+    /* Squares of any 16/32-bit float are normal doubles: no rescaling needed, and a
+     * NaN, Inf or zero row makes the callers' sums NaN (or 0) by itself. */
+    if (dtype != GN_F64) return 1;
+    double m[4] = {0};
+    int bad = 0; /* a NaN or Inf entry */
+    int64_t i = 0;
+    for (; i + 4 <= d; i += 4)
+        for (int j = 0; j < 4; j++) {
+            double a = fabs(dst[i + j]);
+            m[j] = a > m[j] ? a : m[j];
+            bad |= !(a <= DBL_MAX);
+        }
+    for (; i < d; i++) {
+        double a = fabs(dst[i]);
+        m[0] = a > m[0] ? a : m[0];
+        bad |= !(a <= DBL_MAX);
+    }
+    double amax = fmax(fmax(m[0], m[1]), fmax(m[2], m[3]));
+    *ex = 0;
+    if (bad) return -1;
+    if (amax == 0.0) return 0;
+    frexp(amax, ex);
+    if (*ex > -1000 && *ex < 1000) { /* 2^-ex is a normal double: scaling by it is exact */
+        const double scale = ldexp(1.0, -*ex);
+        for (i = 0; i < d; i++) dst[i] *= scale;
+    } else {
+        for (i = 0; i < d; i++) dst[i] = ldexp(dst[i], -*ex);
+    }
+    return 1;
+}
+
+/* Sums over a float64 row with two vector accumulators; `EXPR(i)` is a VD of the
+ * terms at i .. i+WD-1, `TAIL(i)` the scalar term at i. */
+#define GN_VSUM(out, d, EXPR, TAIL)                                        \
+    do {                                                                   \
+        VD acc0_ = VD_ZERO, acc1_ = VD_ZERO;                               \
+        int64_t i_ = 0;                                                    \
+        for (; i_ + 2 * WD <= (d); i_ += 2 * WD) {                         \
+            acc0_ = VD_ADD(acc0_, EXPR(i_));                               \
+            acc1_ = VD_ADD(acc1_, EXPR(i_ + WD));                          \
+        }                                                                  \
+        double s_ = VD_REDUCE(VD_ADD(acc0_, acc1_));                       \
+        for (; i_ < (d); i_++) s_ += TAIL(i_);                             \
+        out = s_;                                                          \
+    } while (0)
+
+/* Angle in degrees between two widened, rescaled rows: Kahan's
+ * 2 atan2(|x^ - y^|, |x^ + y^|) on the unit vectors, accurate at 0 and 180 too. */
+GN_TARGET static double GN_ROWFN(rotation)(const double *x, const double *y, int64_t d)
+{
+    double nx, ny, qm, qp;
+#define SQ_X(i) VD_MUL(VD_LOADU(x + (i)), VD_LOADU(x + (i)))
+#define SQ_Y(i) VD_MUL(VD_LOADU(y + (i)), VD_LOADU(y + (i)))
+#define SQ_XS(i) (x[i] * x[i])
+#define SQ_YS(i) (y[i] * y[i])
+    GN_VSUM(nx, d, SQ_X, SQ_XS);
+    GN_VSUM(ny, d, SQ_Y, SQ_YS);
+    if (!(nx > 0.0 && ny > 0.0)) return NAN;
+    const double a = 1.0 / sqrt(nx), b = 1.0 / sqrt(ny);
+    const VD va = VD_SET1(a), vb = VD_SET1(b);
+#define DIFF(i) VD_SUB(VD_MUL(va, VD_LOADU(x + (i))), VD_MUL(vb, VD_LOADU(y + (i))))
+#define SUMV(i) VD_ADD(VD_MUL(va, VD_LOADU(x + (i))), VD_MUL(vb, VD_LOADU(y + (i))))
+#define DIFF2(i) VD_MUL(DIFF(i), DIFF(i))
+#define SUM2(i) VD_MUL(SUMV(i), SUMV(i))
+#define DIFF2S(i) ((a * x[i] - b * y[i]) * (a * x[i] - b * y[i]))
+#define SUM2S(i) ((a * x[i] + b * y[i]) * (a * x[i] + b * y[i]))
+    GN_VSUM(qm, d, DIFF2, DIFF2S);
+    GN_VSUM(qp, d, SUM2, SUM2S);
+#undef SQ_X
+#undef SQ_Y
+#undef SQ_XS
+#undef SQ_YS
+#undef DIFF
+#undef SUMV
+#undef DIFF2
+#undef SUM2
+#undef DIFF2S
+#undef SUM2S
+    return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
+}
+
+/* What LayerNorm's mean subtraction changes in one row (G9):
+ * ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)||, LN(x) = w (x - mu 1)/sqrt(sigma^2 + eps) + b.
+ * The row arrives widened and rescaled by 2^-ex; both norms are invariant to
+ * that scale once eps is scaled by 4^-ex, so everything runs in that domain.
+ * Statistics: two-pass with the corrected term.  The difference LN - RMS is
+ * w (t - x r) with t = (x - mu) a: it cancels only where the two outputs agree,
+ * i.e. where the gap itself is tiny. */
+GN_TARGET static double GN_ROWFN(gap)(const double *x, int64_t d, int ex, const double *w, const double *b,
+                                      double eps)
+{
+    double s, ss, q, e, num, den;
+#define X(i) VD_LOADU(x + (i))
+#define XS(i) (x[i])
+#define X2(i) VD_MUL(X(i), X(i))
+#define X2S(i) (x[i] * x[i])
+    GN_VSUM(s, d, X, XS);
+    GN_VSUM(ss, d, X2, X2S);
+    const double c = s / (double)d;
+    const VD vc = VD_SET1(c);
+#define T(i) VD_SUB(X(i), vc)
+#define TS(i) (x[i] - c)
+#define T2(i) VD_MUL(T(i), T(i))
+#define T2S(i) ((x[i] - c) * (x[i] - c))
+    GN_VSUM(q, d, T2, T2S);
+    GN_VSUM(e, d, T, TS);
+    const double mu = c + e / (double)d, var = fmax(q - e * e / (double)d, 0.0) / (double)d;
+    const double eps_s = ldexp(eps, -2 * ex);
+    const double a = 1.0 / sqrt(var + eps_s), r = 1.0 / sqrt(ss / (double)d + eps_s);
+    const VD va = VD_SET1(a), vr = VD_SET1(r), vmu = VD_SET1(mu), one = VD_SET1(1.0), zero = VD_ZERO;
+#define G(i) (w ? VD_LOADU(w + (i)) : one)
+#define B(i) (b ? VD_LOADU(b + (i)) : zero)
+#define DF(i) VD_MUL(G(i), VD_SUB(VD_MUL(VD_SUB(X(i), vmu), va), VD_MUL(X(i), vr)))
+#define LN(i) VD_ADD(VD_MUL(G(i), VD_MUL(VD_SUB(X(i), vmu), va)), B(i))
+#define DF2(i) VD_MUL(DF(i), DF(i))
+#define LN2(i) VD_MUL(LN(i), LN(i))
+#define GS(i) (w ? w[i] : 1.0)
+#define DFS(i) (GS(i) * ((x[i] - mu) * a - x[i] * r))
+#define DF2S(i) (DFS(i) * DFS(i))
+#define LNS(i) (GS(i) * (x[i] - mu) * a + (b ? b[i] : 0.0))
+#define LN2S(i) (LNS(i) * LNS(i))
+    GN_VSUM(num, d, DF2, DF2S);
+    GN_VSUM(den, d, LN2, LN2S);
+#undef X
+#undef XS
+#undef X2
+#undef X2S
+#undef T
+#undef TS
+#undef T2
+#undef T2S
+#undef G
+#undef B
+#undef DF
+#undef LN
+#undef DF2
+#undef LN2
+#undef GS
+#undef DF2S
+#undef DFS
+#undef LNS
+#undef LN2S
+    return den > 0.0 ? sqrt(num / den) : NAN;
+}
+
+#undef GN_VSUM
+#undef GN_ROWFN
