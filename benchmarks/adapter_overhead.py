@@ -50,7 +50,7 @@ def overhead(model_name: str = "smollm2", tokens: int = 4096, repeats: int = 5) 
             if name == "plain":
                 plain()
             else:
-                nt = 1 if name == "geonorm_threads1" else None
+                nt = 1 if name == "geonorm_threads1" else None  # None: the core's default threads
                 with Analyzer(model, num_threads=nt) as an:
                     for b in batches:
                         an.feed(b)

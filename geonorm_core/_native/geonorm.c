@@ -338,9 +338,9 @@ static const gn_kernels *gn_table(int simd)
         GN_KERNELS(scalar, f64), GN_KERNELS(scalar, f32), GN_KERNELS(scalar, f16), GN_KERNELS(scalar, bf16)};
 #ifdef GN_X86
     static const gn_kernels avx2[GN_NDTYPES] = {
-        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS_W(avx2, f16), GN_KERNELS_W(avx2, bf16)};
+        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS_W(avx2, f16), GN_KERNELS(avx2, bf16)};
     static const gn_kernels avx512[GN_NDTYPES] = {
-        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS_W(avx512, f16), GN_KERNELS_W(avx512, bf16)};
+        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS_W(avx512, f16), GN_KERNELS(avx512, bf16)};
     if (simd == GN_AVX512) return avx512;
     if (simd == GN_AVX2) return avx2;
 #endif

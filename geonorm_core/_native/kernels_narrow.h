@@ -1,7 +1,8 @@
 /* SIMD kernels for a 16/32-bit element type, computing in float32 with float64
  * carries.  Included by geonorm.c once per (SIMD path, dtype) with the path's
  * vector macros and GN_T, GN_CT, GN_LOAD, GN_STORE, GN_TO_FLOAT, GN_FROM_FLOAT,
- * GN_RAW16 (1 for the 16-bit types) and, for those, GN_PAIR.
+ * GN_RAW16 (1 for the 16-bit types) and, for those, GN_PAIR; GN_SUMW (1: also
+ * define sumw, the widening first pass).
  *
  * Accuracy: float32 accumulators take at most 8 terms per lane (GN_BLOCK) before
  * they are widened into float64, so a block's relative error is below 7u
@@ -90,10 +91,11 @@ GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
     return s;
 }
 
-#if GN_RAW16
+#if GN_SUMW
 /* sum, as above, that also leaves the row widened to float32 in `wide` (lanes in
  * GN_PAIR's order), so the deviation pass runs the float32 kernel from L1 and
- * converts nothing twice. */
+ * converts nothing twice.  Used for fp16, whose F16C conversion costs more than
+ * the stores (+12% measured); bf16 widens by a shuffle, cheaper than storing. */
 GN_TARGET static double GN_FN(sumw)(const void *xv, int64_t d, double *amax, float *wide)
 {
     const GN_CT *x = (const GN_CT *)xv;
