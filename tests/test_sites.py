@@ -189,7 +189,7 @@ def test_gemma_gain_is_one_plus_weight():
 
 def test_untouched_init_weights_still_identified():
     """Gemma's zero-initialized w makes 'x/rms' and 'x/rms*(1+w)' coincide; the probe is not fooled."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     from transformers.models.t5.modeling_t5 import T5LayerNorm
