@@ -1,10 +1,13 @@
 /* geonorm native core: drivers, SIMD dispatch and the per-row mathematics.
  *
  * Layout of this file:
- *   1. the row kernels, instantiated per SIMD path and dtype from kernels_*.h
+ *   1. the row kernels, instantiated per SIMD path and dtype from templates:
+ *      kernels_scalar.h (the float64 baseline), kernels_narrow.h (fp32/fp16/bf16),
+ *      kernels_f64.h, all three through kernels_path.h, and kernels_rows.h
+ *      (rotation and LN-RMS gap on rows widened to float64)
  *   2. run-time dispatch (CPU probe, forced path)
- *   3. per-row mathematics: moments with an exact fallback, the norm ops, rotation
- *   4. the batch drivers (OpenMP over rows, gather/scatter of strided rows)
+ *   3. per-row mathematics: moments with an exact fallback, the norm ops
+ *   4. the batch drivers (OpenMP over row chunks, gather/scatter of strided rows)
  *
  * One build runs everywhere: the AVX2 and AVX-512 kernels carry function-level
  * target attributes and run only when the CPU has them.
