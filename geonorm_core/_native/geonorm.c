@@ -33,9 +33,8 @@
 /* ---------------------------------------------------------------- 1. kernels */
 
 typedef struct {
-    double (*sum)(const void *x, int64_t d, double *amax);                   /* sum x, max|x| */
-    double (*sumw)(const void *x, int64_t d, double *amax, float *wide);    /* sum, widening */
-    void (*dev)(const void *x, int64_t d, double c, double *q, double *e);   /* sum t^2, sum t */
+    void (*dev)(const void *x, int64_t d, double c, double *q, double *e,
+                double *amax);                                               /* sum t^2, sum t, max|x| */
     double (*sumsq)(const void *x, int64_t d);                               /* sum x^2       */
     void (*affine)(const void *x, void *out, int64_t d, double mu, double scale,
                    const void *w, const void *b);                            /* ((x-mu)s)w+b  */
@@ -127,10 +126,7 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #undef VD_LOADU
 #undef VD_REDUCE
 
-#define GN_KERNELS(isa, t) \
-    { GN_CAT(isa, sum, t), NULL, GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
-#define GN_KERNELS_W(isa, t) \
-    { GN_CAT(isa, sum, t), GN_CAT(isa, sumw, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
+#define GN_KERNELS(isa, t) { GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
 
 /* Each SIMD path includes kernels_path.h: kernels_narrow.h per narrow type, kernels_f64.h. */
 #define GN_BLOCK 8
@@ -341,9 +337,9 @@ static const gn_kernels *gn_table(int simd)
         GN_KERNELS(scalar, f64), GN_KERNELS(scalar, f32), GN_KERNELS(scalar, f16), GN_KERNELS(scalar, bf16)};
 #ifdef GN_X86
     static const gn_kernels avx2[GN_NDTYPES] = {
-        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS_W(avx2, f16), GN_KERNELS(avx2, bf16)};
+        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS(avx2, f16), GN_KERNELS(avx2, bf16)};
     static const gn_kernels avx512[GN_NDTYPES] = {
-        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS_W(avx512, f16), GN_KERNELS(avx512, bf16)};
+        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS(avx512, f16), GN_KERNELS(avx512, bf16)};
     if (simd == GN_AVX512) return avx512;
     if (simd == GN_AVX2) return avx2;
 #endif
@@ -461,26 +457,45 @@ static void gn_row_moments_exact(int dtype, const void *row, int64_t d, gn_momen
 /* mean, perp norm and norm of one row: shift by an estimate c of the mean, then
  * the corrected two-pass formula  mu = c + e/d,  ||Px||^2 = q - e^2/d  (exact for
  * any c), and ||x||^2 = d mu^2 + ||Px||^2 (G5) so no square of a raw x is taken. */
-/* `wide`: NULL, or a scratch of d floats for the paths that widen 16-bit rows
- * once (sumw) and run the deviation pass with the float32 kernel. */
-static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int64_t d, gn_moments *m, float *wide)
+/* The shift of the deviation pass: the float64 mean of the first (up to) 64
+ * entries.  Exact for a constant row; within a fraction of sigma of the mean for
+ * the rows that occur, and checked after the pass (gn_row_moments). */
+static double gn_sample_mean(int dtype, const void *row, int64_t d)
+{
+    const int64_t n = d < 64 ? d : 64;
+    double s = 0.0;
+    switch (dtype) {
+    case GN_F64: for (int64_t i = 0; i < n; i++) s += ((const double *)row)[i]; break;
+    case GN_F32: for (int64_t i = 0; i < n; i++) s += ((const float *)row)[i]; break;
+    case GN_F16: for (int64_t i = 0; i < n; i++) s += gn_half_to_float(((const uint16_t *)row)[i]); break;
+    default: for (int64_t i = 0; i < n; i++) s += gn_bf16_to_float(((const uint16_t *)row)[i]);
+    }
+    return s / (double)n;
+}
+
+/* mean, perp norm and norm of one row in one pass over memory: deviations from a
+ * shift c (a sample mean), then the corrected two-pass formula
+ *   mu = c + e/d,  ||Px||^2 = q - e^2/d   (exact for any c),
+ * and ||x||^2 = d mu^2 + ||Px||^2 (G5), so no square of a raw x is taken.  The
+ * formula loses accuracy as (c - mu)^2 / sigma^2 grows; when that exceeds 1/16
+ * (a sample fooled by a massive entry) the pass is made again around mu, from
+ * cache. */
+static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int64_t d, gn_moments *m)
 {
     const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100; /* below: squares lost to underflow */
-    const int widen = wide && k[dtype].sumw;
-    double c = (widen ? k[dtype].sumw(row, d, &m->amax, wide) : k[dtype].sum(row, d, &m->amax)) / (double)d;
-    if (dtype != GN_F64) {
-        /* The narrow kernels shift by a float.  When the estimate is within a few
-         * float ulps of the first entry, shift by that entry instead: the shift is
-         * as good, and a constant row then has t = 0 exactly (mean exact, perp 0). */
-        double x0 = gn_elem(dtype, row, 0);
-        c = fabs(c - x0) <= 0x1p-18 * fabs(x0) ? x0 : (float)c;
-    }
+    double c = gn_sample_mean(dtype, row, d);
+    if (dtype != GN_F64) c = (float)c; /* the narrow kernels shift by a float */
     if (isfinite(c)) {
         double q, e;
-        if (widen)
-            k[GN_F32].dev(wide, d, c, &q, &e);
-        else
-            k[dtype].dev(row, d, c, &q, &e);
+        k[dtype].dev(row, d, c, &q, &e, &m->amax);
+        if (!(e * e / (double)d <= (q - e * e / (double)d) / 16.0)) {
+            double c2 = c + e / (double)d, amax;
+            if (dtype != GN_F64) c2 = (float)c2;
+            if (isfinite(c2) && c2 != c) {
+                c = c2;
+                k[dtype].dev(row, d, c, &q, &e, &amax);
+            }
+        }
         double mu = c + e / (double)d, perp2 = fmax(q - e * e / (double)d, 0.0);
         double norm2 = (double)d * mu * mu + perp2;
         if (q >= tiny && isfinite(norm2)) {
@@ -512,10 +527,10 @@ static double gn_row_rms(const gn_kernels *k, int dtype, const void *row, int64_
 }
 
 static void gn_row_decompose(const gn_kernels *k, int dtype, const void *row, int64_t d, double *out,
-                             int64_t qstride, float *wide)
+                             int64_t qstride)
 {
     gn_moments m;
-    gn_row_moments(k, dtype, row, d, &m, wide);
+    gn_row_moments(k, dtype, row, d, &m);
     double coef = m.mean * sqrt((double)d);
     double cos = NAN, angle = NAN;
     if (m.norm > 0.0) { /* the angle with 1 is undefined for the zero vector */
@@ -578,7 +593,7 @@ static double gn_rstd_scaled(double sigma, double eps, int ex, int *out_ex)
  * kernels take rows whose statistics needed no rescaling; the others (values
  * near the ends of the float64 range) take the exact float64 twin. */
 static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const void *row, void *orow, int64_t d,
-                             const void *w, const void *b, double eps, float *wide)
+                             const void *w, const void *b, double eps)
 {
     double mu = 0.0, s = 1.0;
     int ex, out_ex = 0;
@@ -588,7 +603,7 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
         b = NULL;
     } else {
         gn_moments m;
-        gn_row_moments(k, dtype, row, d, &m, wide);
+        gn_row_moments(k, dtype, row, d, &m);
         mu = m.mean;
         ex = m.ex;
         if (kind == GN_LAYER_NORM) {
@@ -661,8 +676,7 @@ int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = direct ? NULL : malloc((size_t)(d * 8));
-        float *wide = k[x->dtype].sumw ? malloc((size_t)d * sizeof(float)) : NULL;
-        failed = (!direct && !scratch) || (k[x->dtype].sumw && !wide);
+        failed = !direct && !scratch;
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
@@ -671,10 +685,9 @@ int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
                 gn_gather(x, row, scratch);
                 row = scratch;
             }
-            gn_row_decompose(k, x->dtype, row, d, out + r, qstride, wide);
+            gn_row_decompose(k, x->dtype, row, d, out + r, qstride);
         }
         free(scratch);
-        free(wide);
     }
     return failed ? -1 : 0;
 }
@@ -691,8 +704,7 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
-        float *wide = k[x->dtype].sumw ? malloc((size_t)d * sizeof(float)) : NULL;
-        failed = (!(xdirect && odirect) && !scratch) || (k[x->dtype].sumw && !wide);
+        failed = !(xdirect && odirect) && !scratch;
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
@@ -703,11 +715,10 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
                 row = scratch;
             }
             char *dst = odirect ? orow : scratch + d * 8;
-            gn_row_normalize(k, kind, x->dtype, row, dst, d, weight, bias, eps, wide);
+            gn_row_normalize(k, kind, x->dtype, row, dst, d, weight, bias, eps);
             if (!odirect) gn_scatter(out, dst, orow);
         }
         free(scratch);
-        free(wide);
     }
     return failed ? -1 : 0;
 }

@@ -3,48 +3,32 @@
 
 #define GN_FN(op) GN_CAT(GN_ISA, op, f64)
 
-GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
-{
-    const double *x = (const double *)xv;
-    VD a = VD_ZERO, b = VD_ZERO, ma = VD_ZERO, mb = VD_ZERO;
-    int64_t i = 0;
-    for (; i + 2 * WD <= d; i += 2 * WD) {
-        VD va = VD_LOADU(x + i), vb = VD_LOADU(x + i + WD);
-        a = VD_ADD(a, va);
-        b = VD_ADD(b, vb);
-        ma = VD_MAX(ma, VD_ABS(va));
-        mb = VD_MAX(mb, VD_ABS(vb));
-    }
-    double s = VD_REDUCE(VD_ADD(a, b)), m = VD_REDUCE_MAX(VD_MAX(ma, mb));
-    for (; i < d; i++) {
-        s += x[i];
-        m = fmax(m, fabs(x[i]));
-    }
-    *amax = m;
-    return s;
-}
-
-GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out)
+GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out, double *amax)
 {
     const double *x = (const double *)xv;
     const VD vc = VD_SET1(c);
-    VD qa = VD_ZERO, qb = VD_ZERO, ea = VD_ZERO, eb = VD_ZERO;
+    VD qa = VD_ZERO, qb = VD_ZERO, ea = VD_ZERO, eb = VD_ZERO, ma = VD_ZERO, mb = VD_ZERO;
     int64_t i = 0;
     for (; i + 2 * WD <= d; i += 2 * WD) {
-        VD ta = VD_SUB(VD_LOADU(x + i), vc), tb = VD_SUB(VD_LOADU(x + i + WD), vc);
+        VD xa = VD_LOADU(x + i), xb = VD_LOADU(x + i + WD);
+        ma = VD_MAX(ma, VD_ABS(xa));
+        mb = VD_MAX(mb, VD_ABS(xb));
+        VD ta = VD_SUB(xa, vc), tb = VD_SUB(xb, vc);
         qa = VD_FMA(ta, ta, qa);
         qb = VD_FMA(tb, tb, qb);
         ea = VD_ADD(ea, ta);
         eb = VD_ADD(eb, tb);
     }
-    double qs = VD_REDUCE(VD_ADD(qa, qb)), es = VD_REDUCE(VD_ADD(ea, eb));
+    double qs = VD_REDUCE(VD_ADD(qa, qb)), es = VD_REDUCE(VD_ADD(ea, eb)), m = VD_REDUCE_MAX(VD_MAX(ma, mb));
     for (; i < d; i++) {
         double t = x[i] - c;
         qs += t * t;
         es += t;
+        m = fmax(m, fabs(x[i]));
     }
     *q_out = qs;
     *e_out = es;
+    *amax = m;
 }
 
 GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)

@@ -1,8 +1,7 @@
 /* SIMD kernels for a 16/32-bit element type, computing in float32 with float64
  * carries.  Included by geonorm.c once per (SIMD path, dtype) with the path's
  * vector macros and GN_T, GN_CT, GN_LOAD, GN_STORE, GN_TO_FLOAT, GN_FROM_FLOAT,
- * GN_RAW16 (1 for the 16-bit types) and, for those, GN_PAIR; GN_SUMW (1: also
- * define sumw, the widening first pass).
+ * GN_RAW16 (1 for the 16-bit types) and, for those, GN_PAIR.
  *
  * Accuracy: float32 accumulators take at most 8 terms per lane (GN_BLOCK) before
  * they are widened into float64, so a block's relative error is below 7u
@@ -45,12 +44,15 @@
  * the block is carried into float64. */
 #define GN_BLOCK_END(i, d) ((d) - (i) > 4 * GN_BLOCK * W ? (i) + 4 * GN_BLOCK * W : (d))
 
-/* sum x (float32 blocks with float64 carries: only an estimate of the shift,
- * which dev's corrected sums make exact) and max |x| (exact). */
-GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
+/* One pass over the row: sum t^2 and sum t for t = x - c, c a float (the caller
+ * rounds its shift to one), and max |x|.  t is exact by Sterbenz's lemma wherever
+ * x is within a factor 2 of c, i.e. exactly where cancellation would hurt, and
+ * exactly 0 for a constant row. */
+GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
-    VD acc = VD_ZERO;
+    const VF vc = VF_SET1((float)c);
+    VD q = VD_ZERO, e = VD_ZERO;
 #if GN_RAW16
     VI m = VI_ZERO;
 #else
@@ -59,107 +61,11 @@ GN_TARGET static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
     int64_t i = 0;
     while (i + 2 * W <= d) {
         const int64_t end = GN_BLOCK_END(i, d);
-        VF a0 = VF_ZERO, a1 = VF_ZERO, a2 = VF_ZERO, a3 = VF_ZERO, v0, v1, v2, v3;
-        for (; i + 4 * W <= end; i += 4 * W) {
-            GN_LOAD2(x + i, v0, v1, m, 1);
-            GN_LOAD2(x + i + 2 * W, v2, v3, m, 1);
-            a0 = VF_ADD(a0, v0);
-            a1 = VF_ADD(a1, v1);
-            a2 = VF_ADD(a2, v2);
-            a3 = VF_ADD(a3, v3);
-        }
-        if (i + 2 * W <= end) {
-            GN_LOAD2(x + i, v0, v1, m, 1);
-            a0 = VF_ADD(a0, v0);
-            a1 = VF_ADD(a1, v1);
-            i += 2 * W;
-        }
-        acc = VD_ADD(acc, VD_ADD(GN_WIDEN2(a0, a1), GN_WIDEN2(a2, a3)));
-    }
-#if GN_RAW16
-    double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m));
-#else
-    double mx = VF_REDUCE_MAX(m);
-#endif
-    double s = VD_REDUCE(acc);
-    for (; i < d; i++) {
-        float v = GN_TO_FLOAT(x[i]);
-        s += v;
-        mx = fmax(mx, fabsf(v));
-    }
-    *amax = mx;
-    return s;
-}
-
-#if GN_SUMW
-/* sum, as above, that also leaves the row widened to float32 in `wide` (lanes in
- * GN_PAIR's order), so the deviation pass runs the float32 kernel from L1 and
- * converts nothing twice.  Used for fp16, whose F16C conversion costs more than
- * the stores (+12% measured); bf16 widens by a shuffle, cheaper than storing. */
-GN_TARGET static double GN_FN(sumw)(const void *xv, int64_t d, double *amax, float *wide)
-{
-    const GN_CT *x = (const GN_CT *)xv;
-    VD acc = VD_ZERO;
-    VI m = VI_ZERO;
-    int64_t i = 0;
-    while (i + 2 * W <= d) {
-        const int64_t end = GN_BLOCK_END(i, d);
-        VF a0 = VF_ZERO, a1 = VF_ZERO, a2 = VF_ZERO, a3 = VF_ZERO, v0, v1, v2, v3;
-        for (; i + 4 * W <= end; i += 4 * W) {
-            GN_LOAD2(x + i, v0, v1, m, 1);
-            GN_LOAD2(x + i + 2 * W, v2, v3, m, 1);
-            VF_STOREU(wide + i, v0);
-            VF_STOREU(wide + i + W, v1);
-            VF_STOREU(wide + i + 2 * W, v2);
-            VF_STOREU(wide + i + 3 * W, v3);
-            a0 = VF_ADD(a0, v0);
-            a1 = VF_ADD(a1, v1);
-            a2 = VF_ADD(a2, v2);
-            a3 = VF_ADD(a3, v3);
-        }
-        if (i + 2 * W <= end) {
-            GN_LOAD2(x + i, v0, v1, m, 1);
-            VF_STOREU(wide + i, v0);
-            VF_STOREU(wide + i + W, v1);
-            a0 = VF_ADD(a0, v0);
-            a1 = VF_ADD(a1, v1);
-            i += 2 * W;
-        }
-        acc = VD_ADD(acc, VD_ADD(GN_WIDEN2(a0, a1), GN_WIDEN2(a2, a3)));
-    }
-    double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m)), s = VD_REDUCE(acc);
-    for (; i < d; i++) {
-        float v = GN_TO_FLOAT(x[i]);
-        wide[i] = v;
-        s += v;
-        mx = fmax(mx, fabsf(v));
-    }
-    *amax = mx;
-    return s;
-}
-#endif
-
-/* sum t^2 and sum t for t = x - c, c a float (the caller rounds its shift to one):
- * t is exact by Sterbenz's lemma wherever x is within a factor 2 of c, i.e. exactly
- * where cancellation would hurt, and exactly 0 for a constant row. */
-GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out)
-{
-    const GN_CT *x = (const GN_CT *)xv;
-    const VF vc = VF_SET1((float)c);
-    VD q = VD_ZERO, e = VD_ZERO;
-#if GN_RAW16
-    VI unused = VI_ZERO;
-#else
-    VF unused = VF_ZERO;
-#endif
-    int64_t i = 0;
-    while (i + 2 * W <= d) {
-        const int64_t end = GN_BLOCK_END(i, d);
         VF q0 = VF_ZERO, q1 = VF_ZERO, q2 = VF_ZERO, q3 = VF_ZERO, v0, v1, v2, v3;
         VF e0 = VF_ZERO, e1 = VF_ZERO, e2 = VF_ZERO, e3 = VF_ZERO;
         for (; i + 4 * W <= end; i += 4 * W) {
-            GN_LOAD2(x + i, v0, v1, unused, 0);
-            GN_LOAD2(x + i + 2 * W, v2, v3, unused, 0);
+            GN_LOAD2(x + i, v0, v1, m, 1);
+            GN_LOAD2(x + i + 2 * W, v2, v3, m, 1);
             v0 = VF_SUB(v0, vc);
             v1 = VF_SUB(v1, vc);
             v2 = VF_SUB(v2, vc);
@@ -174,7 +80,7 @@ GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_
             e3 = VF_ADD(e3, v3);
         }
         if (i + 2 * W <= end) {
-            GN_LOAD2(x + i, v0, v1, unused, 0);
+            GN_LOAD2(x + i, v0, v1, m, 1);
             v0 = VF_SUB(v0, vc);
             v1 = VF_SUB(v1, vc);
             q0 = VF_FMA(v0, v0, q0);
@@ -186,15 +92,21 @@ GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_
         q = VD_ADD(q, VD_ADD(GN_WIDEN2(q0, q1), GN_WIDEN2(q2, q3)));
         e = VD_ADD(e, VD_ADD(GN_WIDEN2(e0, e1), GN_WIDEN2(e2, e3)));
     }
-    (void)unused;
+#if GN_RAW16
+    double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m));
+#else
+    double mx = VF_REDUCE_MAX(m);
+#endif
     double qs = VD_REDUCE(q), es = VD_REDUCE(e);
     for (; i < d; i++) {
-        float t = GN_TO_FLOAT(x[i]) - (float)c;
+        float v = GN_TO_FLOAT(x[i]), t = v - (float)c;
         qs += (double)t * t;
         es += t;
+        mx = fmax(mx, fabsf(v));
     }
     *q_out = qs;
     *e_out = es;
+    *amax = mx;
 }
 
 GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)

@@ -4,7 +4,6 @@
 #define GN_T f32
 #define GN_CT float
 #define GN_RAW16 0
-#define GN_SUMW 0
 #define GN_LOAD LOAD_F32
 #define GN_STORE STORE_F32
 #define GN_TO_FLOAT(v) (v)
@@ -17,13 +16,11 @@
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
 #undef GN_RAW16
-#undef GN_SUMW
 #undef GN_PAIR
 
 #define GN_T f16
 #define GN_CT uint16_t
 #define GN_RAW16 1
-#define GN_SUMW 1
 #define GN_PAIR PAIR_F16
 #define GN_LOAD LOAD_F16
 #define GN_STORE STORE_F16
@@ -37,13 +34,11 @@
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
 #undef GN_RAW16
-#undef GN_SUMW
 #undef GN_PAIR
 
 #define GN_T bf16
 #define GN_CT uint16_t
 #define GN_RAW16 1
-#define GN_SUMW 0
 #define GN_PAIR PAIR_BF16
 #define GN_LOAD LOAD_BF16
 #define GN_STORE STORE_BF16
@@ -57,7 +52,6 @@
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
 #undef GN_RAW16
-#undef GN_SUMW
 #undef GN_PAIR
 
 #include "kernels_f64.h"

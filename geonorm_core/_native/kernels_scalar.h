@@ -5,31 +5,20 @@
 
 #define GN_FN(op) GN_CAT(scalar, op, GN_T)
 
-static double GN_FN(sum)(const void *xv, int64_t d, double *amax)
-{
-    const GN_CT *x = (const GN_CT *)xv;
-    gn_ksum s = {0.0, 0.0};
-    double m = 0.0;
-    for (int64_t i = 0; i < d; i++) {
-        double v = GN_TO_DOUBLE(x[i]);
-        gn_kadd(&s, v);
-        m = fmax(m, fabs(v));
-    }
-    *amax = m;
-    return gn_kval(s);
-}
-
-static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q, double *e)
+static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q, double *e, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
     gn_ksum qs = {0.0, 0.0}, es = {0.0, 0.0};
+    double m = 0.0;
     for (int64_t i = 0; i < d; i++) {
-        double t = GN_TO_DOUBLE(x[i]) - c;
+        double v = GN_TO_DOUBLE(x[i]), t = v - c;
         gn_kadd(&qs, t * t);
         gn_kadd(&es, t);
+        m = fmax(m, fabs(v));
     }
     *q = gn_kval(qs);
     *e = gn_kval(es);
+    *amax = m;
 }
 
 static double GN_FN(sumsq)(const void *xv, int64_t d)
