@@ -85,9 +85,10 @@ class Analyzer:
     """Hooks on a model's norm sites that accumulate the geometry of every token it runs.
 
     The hooks run between torch's own ops, whose OpenMP pool keeps spinning for a
-    while after each one: a second geonorm thread only contends with it, so the
-    analysis runs on one thread by default (SmolLM2, 2 cores: 5% overhead on the
-    forward pass with one thread, 9% with two).
+    while after each one, so a second geonorm thread contends with it; the analysis
+    runs on one thread by default, which keeps its cost predictable (SmolLM2 on 2
+    cores, two runs: 5.2% and 5.9% added to the forward pass with one thread,
+    8.8% and 3.0% with two).
 
     Use as a context manager (hooks are removed on exit) and feed it batches::
 
