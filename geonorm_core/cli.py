@@ -77,10 +77,10 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prove(args: argparse.Namespace) -> int:
+def _prove(argv: list[str]) -> int:
     from .proofs.__main__ import main as prove_main
 
-    return prove_main(args.rest, prog="geonorm prove")
+    return prove_main(argv, prog="geonorm prove")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -116,14 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", metavar="FILE", help="also write the rows and the environment as JSON")
     b.set_defaults(run=_bench)
 
-    p = sub.add_parser("prove", help="prove the geometry's identities (sympy) and cross-check the kernels",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=_prove)
+    # `prove` hands all its arguments to the proofs' own parser (see main below).
+    sub.add_parser("prove", help="prove the geometry's identities (sympy) and cross-check the kernels "
+                                 "(options: geonorm prove --help)")
 
     i = sub.add_parser("info", help="version, SIMD path and threads")
     i.set_defaults(run=_info)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prove"]:
+        return _prove(argv[1:])
     args = parser.parse_args(argv)
     return args.run(args)
 
