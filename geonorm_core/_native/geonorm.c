@@ -180,15 +180,16 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #define VI_LOADU(p) _mm512_loadu_si512((const void *)(p))
 #define VI_MAXMAG16(m, raw) _mm512_max_epu16(m, _mm512_and_si512(raw, _mm512_set1_epi16(0x7fff)))
 #define VI_REDUCE_MAX16 avx512_reduce_max_u16
-#define PAIR_BF16(raw, va, vb)                                                         \
+#define PAIR_BF16(p, raw, va, vb)                                                      \
     do {                                                                               \
         va = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), raw)); \
         vb = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), raw)); \
     } while (0)
-#define PAIR_F16(raw, va, vb)                                          \
-    do {                                                               \
-        va = _mm512_cvtph_ps(_mm512_castsi512_si256(raw));             \
-        vb = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));       \
+/* fp16: convert straight from memory (a second load is cheaper than extracting a half) */
+#define PAIR_F16(p, raw, va, vb)                                                   \
+    do {                                                                           \
+        va = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)));           \
+        vb = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((p) + 16)));    \
     } while (0)
 
 GN_TARGET static inline uint16_t avx512_reduce_max_u16(__m512i v)
@@ -277,15 +278,15 @@ GN_TARGET static inline double avx2_reduce_max_ps(__m256 v)
 #define VI_LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
 #define VI_MAXMAG16(m, raw) _mm256_max_epu16(m, _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff)))
 #define VI_REDUCE_MAX16 avx2_reduce_max_u16
-#define PAIR_BF16(raw, va, vb)                                                         \
+#define PAIR_BF16(p, raw, va, vb)                                                      \
     do {                                                                               \
         va = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw)); \
         vb = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw)); \
     } while (0)
-#define PAIR_F16(raw, va, vb)                                          \
-    do {                                                               \
-        va = _mm256_cvtph_ps(_mm256_castsi256_si128(raw));             \
-        vb = _mm256_cvtph_ps(_mm256_extracti128_si256(raw, 1));        \
+#define PAIR_F16(p, raw, va, vb)                                                   \
+    do {                                                                           \
+        va = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)));              \
+        vb = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((p) + 8)));        \
     } while (0)
 
 GN_TARGET static inline uint16_t avx2_reduce_max_u16(__m256i v)
@@ -463,14 +464,14 @@ static void gn_row_moments_exact(int dtype, const void *row, int64_t d, gn_momen
 static double gn_sample_mean(int dtype, const void *row, int64_t d)
 {
     const int64_t n = d < 64 ? d : 64;
-    double s = 0.0;
+    double s[8] = {0}; /* eight chains: a per-row cost, kept off one add's latency */
     switch (dtype) {
-    case GN_F64: for (int64_t i = 0; i < n; i++) s += ((const double *)row)[i]; break;
-    case GN_F32: for (int64_t i = 0; i < n; i++) s += ((const float *)row)[i]; break;
-    case GN_F16: for (int64_t i = 0; i < n; i++) s += gn_half_to_float(((const uint16_t *)row)[i]); break;
-    default: for (int64_t i = 0; i < n; i++) s += gn_bf16_to_float(((const uint16_t *)row)[i]);
+    case GN_F64: for (int64_t i = 0; i < n; i++) s[i & 7] += ((const double *)row)[i]; break;
+    case GN_F32: for (int64_t i = 0; i < n; i++) s[i & 7] += ((const float *)row)[i]; break;
+    case GN_F16: for (int64_t i = 0; i < n; i++) s[i & 7] += gn_half_to_float(((const uint16_t *)row)[i]); break;
+    default: for (int64_t i = 0; i < n; i++) s[i & 7] += gn_bf16_to_float(((const uint16_t *)row)[i]);
     }
-    return s / (double)n;
+    return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) / (double)n;
 }
 
 /* mean, perp norm and norm of one row in one pass over memory: deviations from a

@@ -27,7 +27,7 @@
 #define GN_LOAD2(p, va, vb, m, TRACK)            \
     do {                                         \
         VI raw_ = VI_LOADU(p);                   \
-        GN_PAIR(raw_, va, vb);                   \
+        GN_PAIR(p, raw_, va, vb);                \
         if (TRACK) m = VI_MAXMAG16(m, raw_);     \
     } while (0)
 #else
