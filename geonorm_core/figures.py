@@ -41,7 +41,7 @@ def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]
     if not rows:
         return []
     first, second = report.block_labels()
-    roles = report._block_roles()
+    roles = report.block_roles()
     title = report.meta.get("model_name") or report.meta.get("model", "")
     x = np.arange(len(rows))
     ticks = [f"{r['stack'][:3]}.{r['layer']}" if r["stack"] else str(r["layer"]) for r in rows]

@@ -80,7 +80,8 @@ class Report:
         return next(iter(self.sites.values())).tokens if self.sites else 0
 
     # -- the paper's tables ----------------------------------------------------------------
-    def _block_roles(self) -> tuple[str, str]:
+    def block_roles(self) -> tuple[str, str]:
+        """The roles of the block's two norms: ("LN1", "LN2") pre-LN, ("post_attn", "post_mlp") post-LN."""
         roles = {s.meta.get("role") for s in self.sites.values()}
         for pair in _BLOCK_ROLES:
             if pair[0] in roles:
@@ -89,7 +90,7 @@ class Report:
 
     def block_labels(self) -> tuple[str, str]:
         """How tables and figures name the block's two norms (LN1/LN2, or attn-LN/mlp-LN post-LN)."""
-        return tuple(_ROLE_LABEL[r] for r in self._block_roles())
+        return tuple(_ROLE_LABEL[r] for r in self.block_roles())
 
     def layers(self) -> list[dict]:
         """One row per (stack, layer): the paper's per-layer columns, SD over tokens.
@@ -99,7 +100,7 @@ class Report:
         gap1 (LN-RMS gap at the first norm); max_abs (hidden); baseline_sd, ks,
         outside (fraction outside the null's 99.9% interval).
         """
-        first, second = self._block_roles()
+        first, second = self.block_roles()
         blocks: dict[tuple, dict[str, SiteStats]] = {}
         for site in self.sites.values():
             m = site.meta

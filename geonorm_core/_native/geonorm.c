@@ -146,7 +146,6 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #define VF_MUL _mm512_mul_ps
 #define VF_FMA _mm512_fmadd_ps
 #define VF_LOADU _mm512_loadu_ps
-#define VF_STOREU _mm512_storeu_ps
 #define VD_ZERO _mm512_setzero_pd()
 #define VD_SET1 _mm512_set1_pd
 #define VD_ADD _mm512_add_pd
@@ -228,7 +227,6 @@ GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
 #define VF_MUL _mm256_mul_ps
 #define VF_FMA _mm256_fmadd_ps
 #define VF_LOADU _mm256_loadu_ps
-#define VF_STOREU _mm256_storeu_ps
 #define VD_ZERO _mm256_setzero_pd()
 #define VD_SET1 _mm256_set1_pd
 #define VD_ADD _mm256_add_pd

@@ -69,7 +69,6 @@
 #undef VF_MUL
 #undef VF_FMA
 #undef VF_LOADU
-#undef VF_STOREU
 #undef VD_ZERO
 #undef VD_SET1
 #undef VD_ADD
