@@ -7,18 +7,7 @@ tensors in place, fp32/fp16/bf16 as they are; CUDA tensors through reused pinned
 buffers -- and per-token scalars are folded into mergeable accumulators, so
 memory does not grow with the number of tokens.
 
-Per site and token (SCIENCE.md §1):
-
-================  ==================================================================
-angle_hidden      angle(hidden, 1) in degrees (G2)
-angle_post        angle(post, 1)
-norm_hidden       ||hidden||
-norm_post         ||post||
-rotation          angle(hidden, post) (G11, G12)
-max_abs_hidden    max_i |hidden_i|: massive activations
-ln_rms_gap        ||LN(x) - (RMSNorm_gain(x) + bias)|| / ||LN(x)|| (G9): what the mean
-                  subtraction changes, for LayerNorm and RMSNorm sites alike
-================  ==================================================================
+Per site and token, the quantities of :mod:`geonorm_core.measure` (SCIENCE.md §1).
 
 Padding tokens (``attention_mask == 0``) are excluded; ``exclude_first_token``
 also drops each sequence's first real token (attention sinks carry the massive
@@ -31,8 +20,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import ops
 from .accumulate import SiteStats
+from .measure import token_values
 from .report import Report
 from .sites import NormSite, find_norm_sites
 
@@ -136,17 +125,9 @@ class Analyzer:
     def _measure(self, site: NormSite, hidden: torch.Tensor, post: torch.Tensor) -> None:
         h = self._host(hidden, (site.name, "hidden"))
         p = self._host(post, (site.name, "post"))
-        nt = self.num_threads
-        dh = ops.decompose(h, num_threads=nt)
-        dp = ops.decompose(p, num_threads=nt)
-        values = {
-            "angle_hidden": dh.angle, "angle_post": dp.angle, "norm_hidden": dh.norm,
-            "norm_post": dp.norm, "max_abs_hidden": dh.max_abs,
-            "rotation": ops.rotation(h, p, num_threads=nt),
-            "ln_rms_gap": ops.ln_rms_gap(h, self._gain[site.name], self._bias[site.name], site.eps,
-                                         num_threads=nt),
-        }
-        keep = self._keep(dh.angle.shape)
+        values = token_values(h, p, gain=self._gain[site.name], bias=self._bias[site.name], eps=site.eps,
+                              num_threads=self.num_threads)
+        keep = self._keep(values["angle_hidden"].shape)
         if keep is not None:
             values = {k: v[keep] for k, v in values.items()}
         self.stats[site.name].update(**values)

@@ -4,26 +4,46 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any, Iterator
 
 
-def _analyze(args: argparse.Namespace) -> int:
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options every command that runs a model on a text shares (analyze, dump, swap-test)."""
+    p.add_argument("--model", default="smollm2", help="smollm2, gemma3, minilm, a local checkpoint or a cached "
+                                                      "Hugging Face id (default: smollm2)")
+    p.add_argument("--text", help="a UTF-8 text file (default: the bundled public-domain corpus)")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (default: all)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: 8)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: float32)")
+
+
+def load_model_and_batches(args: argparse.Namespace, command: str) -> tuple[Any, Any, Iterator[dict], dict]:
+    """(model, tokenizer, batches, meta) from the options of :func:`add_model_options`."""
     import torch
 
-    from .adapter import analyze
     from .corpus import default_text, read_text, token_batches
     from .models import load_model
 
     text = read_text(args.text) if args.text else default_text()
     dtype = getattr(torch, args.dtype, None)
     if not isinstance(dtype, torch.dtype):
-        raise SystemExit(f"geonorm analyze: --dtype must be float32, bfloat16 or float16, got {args.dtype!r}")
+        raise SystemExit(f"geonorm {command}: --dtype must be float32, bfloat16 or float16, got {args.dtype!r}")
     print(f"loading {args.model} ({args.dtype}, {args.device}) ...", file=sys.stderr, flush=True)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     batches = token_batches(text, tokenizer, seq_len=args.seq_len, batch_size=args.batch_size,
                             max_tokens=args.max_tokens)
     meta = {"model_name": args.model, "text": args.text or "default corpus", "seq_len": args.seq_len,
             "batch_size": args.batch_size, "dtype": args.dtype, "device": args.device}
-    with _progress(args.max_tokens) as bar:
+    return model, tokenizer, batches, meta
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .adapter import analyze
+
+    model, _, batches, meta = load_model_and_batches(args, "analyze")
+    with progress(args.max_tokens) as bar:
         report = analyze(model, batches, exclude_first_token=args.exclude_first_token, bins=args.bins,
                          meta=meta, progress=bar)
     print(report.table())
@@ -32,7 +52,7 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-class _progress:
+class progress:
     """A tqdm bar over tokens when tqdm is installed, else a line every few seconds."""
 
     def __init__(self, total: int | None) -> None:
@@ -96,15 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     a = sub.add_parser("analyze", help="measure the geometry at every norm site of a model on a text "
                                        "(default: SmolLM2-135M on the bundled corpus)")
-    a.add_argument("--model", default="smollm2", help="smollm2, gemma3, minilm, a local checkpoint or a cached "
-                                                      "Hugging Face id (default: smollm2)")
-    a.add_argument("--text", help="a UTF-8 text file (default: the bundled public-domain corpus)")
-    a.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (default: all)")
-    a.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: 256)")
-    a.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: 8)")
+    add_model_options(a)
     a.add_argument("--exclude-first-token", action="store_true", help="drop each sequence's first token")
-    a.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    a.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: float32)")
     a.add_argument("--bins", type=int, default=180, help="histogram bins over 0-180 degrees (default: 180)")
     a.add_argument("--out", default="geonorm-report", help="report folder (default: geonorm-report)")
     a.set_defaults(run=_analyze)
