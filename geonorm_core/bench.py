@@ -198,6 +198,38 @@ CASES = [
 ]
 
 
+def rows_per_second_vs_fp32(rows: int = 32768, d: int = 4096, repeats: int = 7,
+                            dtypes: tuple[str, ...] = ("bf16", "fp16")) -> dict[str, dict[str, float]]:
+    """decompose's rows per second on 16-bit input relative to fp32, measured interleaved.
+
+    Each repeat times fp32 and then each 16-bit dtype back to back, so the two sides
+    of every ratio see the same state of a shared machine's memory bandwidth; the
+    figure is the median of the per-repeat ratios (and their min and max).
+    """
+    xs = {dt: make_input(rows, d, dt) for dt in ("fp32", *dtypes)}
+    for x in xs.values():
+        ops.decompose(x)  # warm-up: pages touched, threads started
+    ratios: dict[str, list[float]] = {dt: [] for dt in dtypes}
+    for _ in range(repeats):
+        t = {}
+        for dt, x in xs.items():
+            t0 = time.perf_counter()
+            ops.decompose(x)
+            t[dt] = time.perf_counter() - t0
+        for dt in dtypes:
+            ratios[dt].append(t["fp32"] / t[dt])
+    return {dt: {"median": float(np.median(r)), "min": min(r), "max": max(r)} for dt, r in ratios.items()}
+
+
+def ratio_table(ratios: dict[str, dict[str, float]], shape: str) -> str:
+    """The Markdown table of :func:`rows_per_second_vs_fp32`."""
+    lines = ["| decompose | shape | rows/s vs fp32 (median of interleaved repeats) | min | max |",
+             "|---|---|---:|---:|---:|"]
+    for dt, r in ratios.items():
+        lines.append(f"| {dt} | {shape} | {r['median']:.2f}x | {r['min']:.2f}x | {r['max']:.2f}x |")
+    return "\n".join(lines)
+
+
 def environment() -> dict:
     """What a reader needs to interpret the numbers: machine, threads, libraries, allocator."""
     torch = _torch()

@@ -90,6 +90,12 @@ def _bench(args: argparse.Namespace) -> int:
     rows = bench.run(cases, repeats=args.repeats, scale=args.scale,
                      progress=lambda s: print(f"  measuring {s} ...", file=sys.stderr, flush=True))
     print(bench.table(rows))
+    if not args.op or "decompose" in args.op:
+        n = max(64, int(32768 * args.scale))
+        print("  measuring 16-bit rows/s against fp32, interleaved ...", file=sys.stderr, flush=True)
+        ratios = bench.rows_per_second_vs_fp32(n, 4096, repeats=args.repeats)
+        print()
+        print(bench.ratio_table(ratios, f"{n}x4096"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rows": [r.as_dict() for r in rows]}, f, indent=2)

@@ -25,3 +25,14 @@ def test_bench_rejects_an_unknown_op():
         from geonorm_core import bench
 
         bench.bench_case("nope", 64, 16, "fp32", repeats=1)
+
+
+def test_bench_interleaved_ratios_are_measured(capsys):
+    from geonorm_core import bench
+
+    r = bench.rows_per_second_vs_fp32(rows=64, d=256, repeats=3)
+    assert set(r) == {"bf16", "fp16"}
+    for v in r.values():
+        assert 0 < v["min"] <= v["median"] <= v["max"] < 100
+    table = bench.ratio_table(r, "64x256")
+    assert table.count("\n") == 3 and "| bf16 | 64x256 |" in table
