@@ -33,6 +33,7 @@
 /* ---------------------------------------------------------------- 1. kernels */
 
 typedef struct {
+    double (*head)(const void *x, int64_t n);                                /* float64 sum of x[0..n) */
     void (*dev)(const void *x, int64_t d, double c, double *q, double *e,
                 double *amax);                                               /* sum t^2, sum t, max|x| */
     double (*sumsq)(const void *x, int64_t d);                               /* sum x^2       */
@@ -126,7 +127,7 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #undef VD_LOADU
 #undef VD_REDUCE
 
-#define GN_KERNELS(isa, t) { GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
+#define GN_KERNELS(isa, t) { GN_CAT(isa, head, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
 
 /* Each SIMD path includes kernels_path.h: kernels_narrow.h per narrow type, kernels_f64.h. */
 #define GN_BLOCK 8
@@ -457,19 +458,14 @@ static void gn_row_moments_exact(int dtype, const void *row, int64_t d, gn_momen
  * the corrected two-pass formula  mu = c + e/d,  ||Px||^2 = q - e^2/d  (exact for
  * any c), and ||x||^2 = d mu^2 + ||Px||^2 (G5) so no square of a raw x is taken. */
 /* The shift of the deviation pass: the float64 mean of the first (up to) 64
- * entries.  Exact for a constant row; within a fraction of sigma of the mean for
- * the rows that occur, and checked after the pass (gn_row_moments). */
-static double gn_sample_mean(int dtype, const void *row, int64_t d)
+ * entries (the path's head kernel).  Exact for a constant row of a narrow type
+ * (a sum of at most 64 copies of a 24-bit significand is exact in float64);
+ * within a fraction of sigma of the mean for the rows that occur, and checked
+ * after the pass (gn_row_moments). */
+static inline double gn_sample_mean(const gn_kernels *k, int dtype, const void *row, int64_t d)
 {
     const int64_t n = d < 64 ? d : 64;
-    double s[8] = {0}; /* eight chains: a per-row cost, kept off one add's latency */
-    switch (dtype) {
-    case GN_F64: for (int64_t i = 0; i < n; i++) s[i & 7] += ((const double *)row)[i]; break;
-    case GN_F32: for (int64_t i = 0; i < n; i++) s[i & 7] += ((const float *)row)[i]; break;
-    case GN_F16: for (int64_t i = 0; i < n; i++) s[i & 7] += gn_half_to_float(((const uint16_t *)row)[i]); break;
-    default: for (int64_t i = 0; i < n; i++) s[i & 7] += gn_bf16_to_float(((const uint16_t *)row)[i]);
-    }
-    return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) / (double)n;
+    return k[dtype].head(row, n) / (double)n;
 }
 
 /* mean, perp norm and norm of one row in one pass over memory: deviations from a
@@ -482,7 +478,7 @@ static double gn_sample_mean(int dtype, const void *row, int64_t d)
 static void gn_row_moments(const gn_kernels *k, int dtype, const void *row, int64_t d, gn_moments *m)
 {
     const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100; /* below: squares lost to underflow */
-    double c = gn_sample_mean(dtype, row, d);
+    double c = gn_sample_mean(k, dtype, row, d);
     if (dtype != GN_F64) c = (float)c; /* the narrow kernels shift by a float */
     if (isfinite(c)) {
         double q, e;

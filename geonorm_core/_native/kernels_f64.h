@@ -3,6 +3,17 @@
 
 #define GN_FN(op) GN_CAT(GN_ISA, op, f64)
 
+GN_TARGET static double GN_FN(head)(const void *xv, int64_t n)
+{
+    const double *x = (const double *)xv;
+    VD a = VD_ZERO;
+    int64_t i = 0;
+    for (; i + WD <= n; i += WD) a = VD_ADD(a, VD_LOADU(x + i));
+    double s = VD_REDUCE(a);
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
 GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out, double *amax)
 {
     const double *x = (const double *)xv;

@@ -44,6 +44,24 @@
  * the block is carried into float64. */
 #define GN_BLOCK_END(i, d) ((d) - (i) > 4 * GN_BLOCK * W ? (i) + 4 * GN_BLOCK * W : (d))
 
+/* The float64 sum of the first n entries (n <= 64: the shift's sample).  Two
+ * float64 accumulators; exact for a constant row (at most 64 copies of a 24-bit
+ * significand). */
+GN_TARGET static double GN_FN(head)(const void *xv, int64_t n)
+{
+    const GN_CT *x = (const GN_CT *)xv;
+    VD a = VD_ZERO, b = VD_ZERO;
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+        VF v = GN_LOAD(x + i);
+        a = VD_ADD(a, VD_LO(v));
+        b = VD_ADD(b, VD_HI(v));
+    }
+    double s = VD_REDUCE(VD_ADD(a, b));
+    for (; i < n; i++) s += GN_TO_FLOAT(x[i]);
+    return s;
+}
+
 /* One pass over the row: sum t^2 and sum t for t = x - c, c a float (the caller
  * rounds its shift to one), and max |x|.  t is exact by Sterbenz's lemma wherever
  * x is within a factor 2 of c, i.e. exactly where cancellation would hurt, and

@@ -5,6 +5,14 @@
 
 #define GN_FN(op) GN_CAT(scalar, op, GN_T)
 
+static double GN_FN(head)(const void *xv, int64_t n)
+{
+    const GN_CT *x = (const GN_CT *)xv;
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += GN_TO_DOUBLE(x[i]);
+    return s;
+}
+
 static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q, double *e, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
