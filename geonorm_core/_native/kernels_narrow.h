@@ -3,9 +3,10 @@
  * vector macros and GN_T, GN_CT, GN_LOAD, GN_STORE, GN_TO_FLOAT, GN_FROM_FLOAT,
  * GN_RAW16 (1 for the 16-bit types) and, for those, GN_PAIR.
  *
- * Accuracy: float32 accumulators take at most 8 terms per lane (GN_BLOCK) before
- * they are widened into float64, so a block's relative error is below 7u
- * (u = 2^-24); the sum of x is only the estimate of a shift, and the
+ * Accuracy: four float32 accumulators take at most 8 terms per lane (GN_BLOCK),
+ * are added pairwise in float32 and widened into float64, so a block's relative
+ * error is below 9u (u = 2^-24: 7 roundings in a lane, 2 in the pairing); the
+ * sum of x is only the estimate of a shift, and the
  * deviation t = x - c from the float shift c is exact by Sterbenz's lemma exactly
  * where cancellation would hurt (|mean| >> std).  The caller turns (sum; sum t^2,
  * sum t) into mean and perp norm with the corrected two-pass formula, which holds
@@ -13,8 +14,10 @@
 
 #define GN_FN(op) GN_CAT(GN_ISA, op, GN_T)
 
-/* Widen two float32 accumulators into one float64 vector. */
-#define GN_WIDEN2(a, b) VD_ADD(VD_ADD(VD_LO(a), VD_HI(a)), VD_ADD(VD_LO(b), VD_HI(b)))
+/* Four float32 accumulators, added pairwise, into one float64 vector (a block's
+ * end: one widening instead of four keeps it a small part of the block's work). */
+#define GN_WIDEN4(a, b, c, e) GN_WIDEN1(VF_ADD(VF_ADD(a, b), VF_ADD(c, e)))
+#define GN_WIDEN1(v) VD_ADD(VD_LO(v), VD_HI(v))
 
 /* The reductions below read 2W elements per step as two float32 vectors, in
  * whatever lane order is cheapest (GN_PAIR: bf16 by interleaving with zeros,
@@ -107,8 +110,8 @@ GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_
             e1 = VF_ADD(e1, v1);
             i += 2 * W;
         }
-        q = VD_ADD(q, VD_ADD(GN_WIDEN2(q0, q1), GN_WIDEN2(q2, q3)));
-        e = VD_ADD(e, VD_ADD(GN_WIDEN2(e0, e1), GN_WIDEN2(e2, e3)));
+        q = VD_ADD(q, GN_WIDEN4(q0, q1, q2, q3));
+        e = VD_ADD(e, GN_WIDEN4(e0, e1, e2, e3));
     }
 #if GN_RAW16
     double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m));
@@ -154,7 +157,7 @@ GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
             a1 = VF_FMA(v1, v1, a1);
             i += 2 * W;
         }
-        acc = VD_ADD(acc, VD_ADD(GN_WIDEN2(a0, a1), GN_WIDEN2(a2, a3)));
+        acc = VD_ADD(acc, GN_WIDEN4(a0, a1, a2, a3));
     }
     (void)unused;
     double s = VD_REDUCE(acc);
@@ -186,7 +189,8 @@ GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double 
     }
 }
 
-#undef GN_WIDEN2
+#undef GN_WIDEN4
+#undef GN_WIDEN1
 #undef GN_LOAD2
 #undef GN_BLOCK_END
 #undef GN_FN
