@@ -21,12 +21,12 @@ __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",
     "kernel_info", "get_num_threads", "set_num_threads", "__version__",
     "Moments", "Histogram", "Quantity", "SiteStats", "Report",
-    "NormSite", "find_norm_sites", "analyze", "Analyzer", "load_model",
+    "NormSite", "find_norm_sites", "analyze", "Analyzer", "load_model", "GeometryMonitor", "Timeline",
 ]
 
 # These need torch (and transformers): imported on first use, so the core works without them.
 _TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites", "analyze": "adapter", "Analyzer": "adapter",
-               "load_model": "models"}
+               "load_model": "models", "GeometryMonitor": "monitor", "Timeline": "monitor"}
 
 
 def __getattr__(name):

@@ -156,16 +156,32 @@ class Analyzer:
         if mask is not None and tuple(mask.shape) != tuple(ids.shape):
             raise ValueError(f"batch['attention_mask'] has shape {tuple(mask.shape)}, "
                              f"but input_ids has {tuple(ids.shape)}")
-        rows = np.ones(tuple(ids.shape), dtype=bool) if mask is None else mask.detach().cpu().numpy() != 0
-        if self.exclude_first_token:
-            rows &= np.cumsum(rows, axis=1) > 1
-        self._rows = rows
+        rows = self.token_mask(tuple(ids.shape), mask)
+        self.count_only(rows)
         try:
             with torch.inference_mode():
                 self.model(**inputs)
         finally:
-            self._rows = None
+            self.count_only(None)
         return int(rows.sum())
+
+    def token_mask(self, shape: tuple[int, int], attention_mask: Any = None) -> np.ndarray:
+        """The (batch, seq_len) bool mask of the tokens to count: not padding, and not each
+        sequence's first real token when ``exclude_first_token``."""
+        rows = np.ones(shape, dtype=bool)
+        if attention_mask is not None:
+            rows = (attention_mask.detach().cpu().numpy() if torch.is_tensor(attention_mask)
+                    else np.asarray(attention_mask)) != 0
+        if self.exclude_first_token:
+            rows &= np.cumsum(rows, axis=1) > 1
+        return rows
+
+    def count_only(self, rows: np.ndarray | None) -> None:
+        """Count only the tokens where the (batch, seq_len) mask ``rows`` is True in the forward
+        passes that follow (None: every row).  :meth:`feed` sets it from its batch; a caller that
+        runs the model itself (a training loop, :class:`~geonorm_core.monitor.GeometryMonitor`)
+        sets it here."""
+        self._rows = None if rows is None else np.asarray(rows, dtype=bool)
 
     def report(self) -> Report:
         return Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
