@@ -1,7 +1,7 @@
-/* Row functions on float64 copies of rows (rotation, LN-RMS gap), written as
- * plain C with four independent accumulators so that the compiler vectorizes
- * them for each SIMD path.  Included by geonorm.c once per path (GN_ISA,
- * GN_TARGET defined; GN_TARGET empty for the scalar baseline). */
+/* Row functions on float64 copies of rows (rotation, LN-RMS gap), written with
+ * the path's float64 vector macros, two sums per pass over the row.  Included by
+ * geonorm.c once per path (GN_ISA, GN_TARGET defined; GN_TARGET empty and
+ * vectors of one double for the scalar baseline). */
 
 #define GN_ROWFN(op) GN_CAT(GN_ISA, row, op)
 
@@ -11,11 +11,27 @@
 GN_TARGET static int GN_ROWFN(widen)(int dtype, const void *row, int64_t d, double *dst, int *ex)
 {
     *ex = 0;
-    switch (dtype) { /* one loop per type, so each one vectorizes */
+    int64_t k = 0;
+#ifdef LOAD_F16 /* SIMD paths: W narrow elements to two float64 vectors at a time */
+#define GN_WIDEN_LOOP(LOAD, CT)                                     \
+    for (; k + W <= d; k += W) {                                    \
+        VF v_ = LOAD((const CT *)row + k);                          \
+        VD_STOREU(dst + k, VD_LO(v_));                              \
+        VD_STOREU(dst + k + WD, VD_HI(v_));                         \
+    }
+    switch (dtype) {
+    case GN_F32: GN_WIDEN_LOOP(LOAD_F32, float) break;
+    case GN_F16: GN_WIDEN_LOOP(LOAD_F16, uint16_t) break;
+    case GN_BF16: GN_WIDEN_LOOP(LOAD_BF16, uint16_t) break;
+    default: break;
+    }
+#undef GN_WIDEN_LOOP
+#endif
+    switch (dtype) { /* the rest (all of it on the scalar path) */
     case GN_F64: memcpy(dst, row, (size_t)d * sizeof(double)); break;
-    case GN_F32: for (int64_t i = 0; i < d; i++) dst[i] = ((const float *)row)[i]; break;
-    case GN_F16: for (int64_t i = 0; i < d; i++) dst[i] = gn_half_to_float(((const uint16_t *)row)[i]); break;
-    default: for (int64_t i = 0; i < d; i++) dst[i] = gn_u2f((uint32_t)((const uint16_t *)row)[i] << 16);
+    case GN_F32: for (; k < d; k++) dst[k] = ((const float *)row)[k]; break;
+    case GN_F16: for (; k < d; k++) dst[k] = gn_half_to_float(((const uint16_t *)row)[k]); break;
+    default: for (; k < d; k++) dst[k] = gn_u2f((uint32_t)((const uint16_t *)row)[k] << 16);
     }
     /* Squares of any 16/32-bit float are normal doubles: no rescaling needed, and a
      * NaN, Inf or zero row makes the callers' sums NaN (or 0) by itself. */
@@ -48,19 +64,26 @@ GN_TARGET static int GN_ROWFN(widen)(int dtype, const void *row, int64_t d, doub
     return 1;
 }
 
-/* Sums over a float64 row with two vector accumulators; `EXPR(i)` is a VD of the
- * terms at i .. i+WD-1, `TAIL(i)` the scalar term at i. */
-#define GN_VSUM(out, d, EXPR, TAIL)                                        \
+/* Two sums over float64 rows in one pass, two vector accumulators each (four
+ * independent chains); `EXPRA(i)`/`EXPRB(i)` are VDs of the terms at i .. i+WD-1,
+ * `TAILA(i)`/`TAILB(i)` the scalar terms at i. */
+#define GN_VSUM2(outa, outb, d, EXPRA, EXPRB, TAILA, TAILB)               \
     do {                                                                   \
-        VD acc0_ = VD_ZERO, acc1_ = VD_ZERO;                               \
+        VD a0_ = VD_ZERO, a1_ = VD_ZERO, b0_ = VD_ZERO, b1_ = VD_ZERO;     \
         int64_t i_ = 0;                                                    \
         for (; i_ + 2 * WD <= (d); i_ += 2 * WD) {                         \
-            acc0_ = VD_ADD(acc0_, EXPR(i_));                               \
-            acc1_ = VD_ADD(acc1_, EXPR(i_ + WD));                          \
+            a0_ = VD_ADD(a0_, EXPRA(i_));                                  \
+            b0_ = VD_ADD(b0_, EXPRB(i_));                                  \
+            a1_ = VD_ADD(a1_, EXPRA(i_ + WD));                             \
+            b1_ = VD_ADD(b1_, EXPRB(i_ + WD));                             \
         }                                                                  \
-        double s_ = VD_REDUCE(VD_ADD(acc0_, acc1_));                       \
-        for (; i_ < (d); i_++) s_ += TAIL(i_);                             \
-        out = s_;                                                          \
+        double sa_ = VD_REDUCE(VD_ADD(a0_, a1_)), sb_ = VD_REDUCE(VD_ADD(b0_, b1_)); \
+        for (; i_ < (d); i_++) {                                           \
+            sa_ += TAILA(i_);                                              \
+            sb_ += TAILB(i_);                                              \
+        }                                                                  \
+        outa = sa_;                                                        \
+        outb = sb_;                                                        \
     } while (0)
 
 /* Angle in degrees between two widened, rescaled rows: Kahan's
@@ -72,8 +95,7 @@ GN_TARGET static double GN_ROWFN(rotation)(const double *x, const double *y, int
 #define SQ_Y(i) VD_MUL(VD_LOADU(y + (i)), VD_LOADU(y + (i)))
 #define SQ_XS(i) (x[i] * x[i])
 #define SQ_YS(i) (y[i] * y[i])
-    GN_VSUM(nx, d, SQ_X, SQ_XS);
-    GN_VSUM(ny, d, SQ_Y, SQ_YS);
+    GN_VSUM2(nx, ny, d, SQ_X, SQ_Y, SQ_XS, SQ_YS);
     if (!(nx > 0.0 && ny > 0.0)) return NAN;
     const double a = 1.0 / sqrt(nx), b = 1.0 / sqrt(ny);
     const VD va = VD_SET1(a), vb = VD_SET1(b);
@@ -83,8 +105,7 @@ GN_TARGET static double GN_ROWFN(rotation)(const double *x, const double *y, int
 #define SUM2(i) VD_MUL(SUMV(i), SUMV(i))
 #define DIFF2S(i) ((a * x[i] - b * y[i]) * (a * x[i] - b * y[i]))
 #define SUM2S(i) ((a * x[i] + b * y[i]) * (a * x[i] + b * y[i]))
-    GN_VSUM(qm, d, DIFF2, DIFF2S);
-    GN_VSUM(qp, d, SUM2, SUM2S);
+    GN_VSUM2(qm, qp, d, DIFF2, SUM2, DIFF2S, SUM2S);
 #undef SQ_X
 #undef SQ_Y
 #undef SQ_XS
@@ -113,16 +134,14 @@ GN_TARGET static double GN_ROWFN(gap)(const double *x, int64_t d, int ex, const 
 #define XS(i) (x[i])
 #define X2(i) VD_MUL(X(i), X(i))
 #define X2S(i) (x[i] * x[i])
-    GN_VSUM(s, d, X, XS);
-    GN_VSUM(ss, d, X2, X2S);
+    GN_VSUM2(s, ss, d, X, X2, XS, X2S);
     const double c = s / (double)d;
     const VD vc = VD_SET1(c);
 #define T(i) VD_SUB(X(i), vc)
 #define TS(i) (x[i] - c)
 #define T2(i) VD_MUL(T(i), T(i))
 #define T2S(i) ((x[i] - c) * (x[i] - c))
-    GN_VSUM(q, d, T2, T2S);
-    GN_VSUM(e, d, T, TS);
+    GN_VSUM2(q, e, d, T2, T, T2S, TS);
     const double mu = c + e / (double)d, var = fmax(q - e * e / (double)d, 0.0) / (double)d;
     const double eps_s = ldexp(eps, -2 * ex);
     const double a = 1.0 / sqrt(var + eps_s), r = 1.0 / sqrt(ss / (double)d + eps_s);
@@ -138,8 +157,7 @@ GN_TARGET static double GN_ROWFN(gap)(const double *x, int64_t d, int ex, const 
 #define DF2S(i) (DFS(i) * DFS(i))
 #define LNS(i) (GS(i) * (x[i] - mu) * a + (b ? b[i] : 0.0))
 #define LN2S(i) (LNS(i) * LNS(i))
-    GN_VSUM(num, d, DF2, DF2S);
-    GN_VSUM(den, d, LN2, LN2S);
+    GN_VSUM2(num, den, d, DF2, LN2, DF2S, LN2S);
 #undef X
 #undef XS
 #undef X2
@@ -162,5 +180,5 @@ GN_TARGET static double GN_ROWFN(gap)(const double *x, int64_t d, int ex, const 
     return den > 0.0 ? sqrt(num / den) : NAN;
 }
 
-#undef GN_VSUM
+#undef GN_VSUM2
 #undef GN_ROWFN
