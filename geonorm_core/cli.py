@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     w.set_defaults(run=_swap_test)
 
     def _dump(args: argparse.Namespace) -> int:
-        from .dump import run_dump_command  # torch is imported only when the command runs
+        from .dumping import run_dump_command  # torch is imported only when the command runs
 
         return run_dump_command(args)
 
