@@ -39,6 +39,10 @@ typedef struct {
     double (*sumsq)(const void *x, int64_t d);                               /* sum x^2       */
     void (*affine)(const void *x, void *out, int64_t d, double mu, double scale,
                    const void *w, const void *b);                            /* ((x-mu)s)w+b  */
+    /* rotation's two passes over a pair of rows of one narrow type (SIMD paths only; NULL
+     * elsewhere, where the float64 row functions serve) */
+    void (*sumsq2)(const void *x, const void *y, int64_t d, double *nx, double *ny);
+    void (*kahan)(const void *x, const void *y, int64_t d, double a, double b, double *qm, double *qp);
 } gn_kernels;
 
 /* Neumaier's compensated sum, for the paths that are the accuracy reference
@@ -128,6 +132,9 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #undef VD_REDUCE
 
 #define GN_KERNELS(isa, t) { GN_CAT(isa, head, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
+#define GN_KERNELS_NARROW(isa, t)                                                                    \
+    { GN_CAT(isa, head, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t),       \
+      GN_CAT(isa, sumsq2, t), GN_CAT(isa, kahan, t) }
 
 /* Each SIMD path includes kernels_path.h: kernels_narrow.h per narrow type, kernels_f64.h. */
 #define GN_BLOCK 8
@@ -337,9 +344,11 @@ static const gn_kernels *gn_table(int simd)
         GN_KERNELS(scalar, f64), GN_KERNELS(scalar, f32), GN_KERNELS(scalar, f16), GN_KERNELS(scalar, bf16)};
 #ifdef GN_X86
     static const gn_kernels avx2[GN_NDTYPES] = {
-        GN_KERNELS(avx2, f64), GN_KERNELS(avx2, f32), GN_KERNELS(avx2, f16), GN_KERNELS(avx2, bf16)};
+        GN_KERNELS(avx2, f64), GN_KERNELS_NARROW(avx2, f32), GN_KERNELS_NARROW(avx2, f16),
+        GN_KERNELS_NARROW(avx2, bf16)};
     static const gn_kernels avx512[GN_NDTYPES] = {
-        GN_KERNELS(avx512, f64), GN_KERNELS(avx512, f32), GN_KERNELS(avx512, f16), GN_KERNELS(avx512, bf16)};
+        GN_KERNELS(avx512, f64), GN_KERNELS_NARROW(avx512, f32), GN_KERNELS_NARROW(avx512, f16),
+        GN_KERNELS_NARROW(avx512, bf16)};
     if (simd == GN_AVX512) return avx512;
     if (simd == GN_AVX2) return avx2;
 #endif
@@ -723,6 +732,9 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int xdirect = gn_rows_direct(x), ydirect = gn_rows_direct(y);
     const gn_rowops *ops = gn_rowops_for(gn_simd_active());
+    /* the narrow SIMD twin for two rows of one 16/32-bit type, else the float64 row functions */
+    const gn_kernels *fast = &gn_table(gn_simd_active())[x->dtype];
+    if (x->dtype != y->dtype || !fast->kahan) fast = NULL;
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
     const int64_t chunk = gn_chunk(d, x->dtype);
@@ -743,6 +755,16 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
             if (!ydirect) {
                 gn_gather(y, yr, (char *)(scratch + 3 * d));
                 yr = (const char *)(scratch + 3 * d);
+            }
+            if (fast) { /* rows whose sums of squares are safely inside the float range */
+                double nx, ny;
+                fast->sumsq2(xr, yr, d, &nx, &ny);
+                if (nx >= 0x1p-100 && ny >= 0x1p-100 && nx <= 0x1p100 && ny <= 0x1p100) {
+                    double qm, qp;
+                    fast->kahan(xr, yr, d, 1.0 / sqrt(nx), 1.0 / sqrt(ny), &qm, &qp);
+                    out[r] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
+                    continue;
+                }
             }
             int ex, ey;
             int ok = ops->widen(x->dtype, xr, d, xs, &ex) > 0 && ops->widen(y->dtype, yr, d, ys, &ey) > 0;

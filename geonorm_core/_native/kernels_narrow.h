@@ -165,6 +165,75 @@ GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
     return s;
 }
 
+/* The rotation between two rows of this type (Kahan's 2 atan2(|x^ - y^|, |x^ + y^|),
+ * the float64 row function's fast twin for rows in the safe range).  Pass one: both
+ * sums of squares; pass two: |a x - b y|^2 and |a x + b y|^2 with a = 1/|x|,
+ * b = 1/|y| as floats.  Float32 terms carried into float64 per block (error below
+ * 9u relative, as above); the angle's error is a few u in radians whatever its
+ * size, since Kahan's form does not cancel. */
+#define GN_BLOCK2_END(i, d) ((d) - (i) > 2 * GN_BLOCK * W ? (i) + 2 * GN_BLOCK * W : (d))
+
+GN_TARGET static void GN_FN(sumsq2)(const void *xv, const void *yv, int64_t d, double *nx, double *ny)
+{
+    const GN_CT *x = (const GN_CT *)xv, *y = (const GN_CT *)yv;
+    VD sx = VD_ZERO, sy = VD_ZERO;
+    int64_t i = 0;
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK2_END(i, d);
+        VF a0 = VF_ZERO, a1 = VF_ZERO, b0 = VF_ZERO, b1 = VF_ZERO;
+        for (; i + 2 * W <= end; i += 2 * W) {
+            const VF x0 = GN_LOAD(x + i), x1 = GN_LOAD(x + i + W), y0 = GN_LOAD(y + i), y1 = GN_LOAD(y + i + W);
+            a0 = VF_FMA(x0, x0, a0);
+            a1 = VF_FMA(x1, x1, a1);
+            b0 = VF_FMA(y0, y0, b0);
+            b1 = VF_FMA(y1, y1, b1);
+        }
+        sx = VD_ADD(sx, GN_WIDEN1(VF_ADD(a0, a1)));
+        sy = VD_ADD(sy, GN_WIDEN1(VF_ADD(b0, b1)));
+    }
+    double px = VD_REDUCE(sx), py = VD_REDUCE(sy);
+    for (; i < d; i++) {
+        const double u = GN_TO_FLOAT(x[i]), v = GN_TO_FLOAT(y[i]);
+        px += u * u;
+        py += v * v;
+    }
+    *nx = px;
+    *ny = py;
+}
+
+GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, double a, double b, double *qm,
+                                   double *qp)
+{
+    const GN_CT *x = (const GN_CT *)xv, *y = (const GN_CT *)yv;
+    const float af = (float)a, bf = (float)b;
+    const VF va = VF_SET1(af), vb = VF_SET1(bf);
+    VD sm = VD_ZERO, sp = VD_ZERO;
+    int64_t i = 0;
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK2_END(i, d);
+        VF m0 = VF_ZERO, m1 = VF_ZERO, p0 = VF_ZERO, p1 = VF_ZERO;
+        for (; i + 2 * W <= end; i += 2 * W) {
+            const VF u0 = VF_MUL(va, GN_LOAD(x + i)), u1 = VF_MUL(va, GN_LOAD(x + i + W));
+            const VF v0 = VF_MUL(vb, GN_LOAD(y + i)), v1 = VF_MUL(vb, GN_LOAD(y + i + W));
+            const VF dm0 = VF_SUB(u0, v0), dm1 = VF_SUB(u1, v1), dp0 = VF_ADD(u0, v0), dp1 = VF_ADD(u1, v1);
+            m0 = VF_FMA(dm0, dm0, m0);
+            m1 = VF_FMA(dm1, dm1, m1);
+            p0 = VF_FMA(dp0, dp0, p0);
+            p1 = VF_FMA(dp1, dp1, p1);
+        }
+        sm = VD_ADD(sm, GN_WIDEN1(VF_ADD(m0, m1)));
+        sp = VD_ADD(sp, GN_WIDEN1(VF_ADD(p0, p1)));
+    }
+    double s_m = VD_REDUCE(sm), s_p = VD_REDUCE(sp);
+    for (; i < d; i++) {
+        const float u = af * GN_TO_FLOAT(x[i]), v = bf * GN_TO_FLOAT(y[i]);
+        s_m += (double)(u - v) * (u - v);
+        s_p += (double)(u + v) * (u + v);
+    }
+    *qm = s_m;
+    *qp = s_p;
+}
+
 /* out = ((x - mu) * scale) * w + b, in float32, rounded once to the output type. */
 GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double mu, double scale,
                                     const void *wv, const void *bv)
@@ -193,4 +262,5 @@ GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double 
 #undef GN_WIDEN1
 #undef GN_LOAD2
 #undef GN_BLOCK_END
+#undef GN_BLOCK2_END
 #undef GN_FN
