@@ -23,7 +23,7 @@ import torch
 from .accumulate import SiteStats
 from .measure import token_values
 from .report import Report
-from .sites import NormSite, find_norm_sites
+from .sites import NormSite, find_norm_sites, hook_tensors
 
 
 def select_sites(model: torch.nn.Module, sites: Sequence[str] | None = None) -> list[NormSite]:
@@ -116,9 +116,7 @@ class Analyzer:
 
     def _hook(self, site: NormSite) -> Callable:
         def hook(module, args, kwargs, output):
-            hidden = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
-            post = output[0] if isinstance(output, (tuple, list)) else output
-            self._measure(site, hidden, post)
+            self._measure(site, *hook_tensors(args, kwargs, output))
 
         return hook
 

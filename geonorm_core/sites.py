@@ -110,6 +110,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -551,3 +552,12 @@ def _forward_order(site: dict):
     else:
         position = -1 if site["role"] == "embed" else math.inf
     return (stack_rank, position, ROLES.index(site["role"]), site["order"])
+
+
+def hook_tensors(args: tuple, kwargs: dict, output: Any) -> tuple[Any, Any]:
+    """(input, output) of a norm module as a forward hook registered ``with_kwargs=True`` sees
+    them: the site's "hidden" and "post" tensors, whether the input came positionally or by
+    keyword and whether the module returns a tensor or a tuple."""
+    hidden = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+    post = output[0] if isinstance(output, (tuple, list)) else output
+    return hidden, post

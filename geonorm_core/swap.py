@@ -72,7 +72,7 @@ import numpy as np
 import torch
 
 from .accumulate import Moments
-from .sites import NormSite, find_norm_sites
+from .sites import NormSite, find_norm_sites, hook_tensors
 
 __all__ = ["DIRECTIONS", "SENTENCES", "SiteChange", "SwapResult", "swap_test", "swapped"]
 
@@ -488,8 +488,7 @@ class _Probe:
         def hook(module, args, kwargs, output):
             if self.mode is None:
                 return
-            x = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
-            y = output[0] if isinstance(output, (tuple, list)) else output
+            x, y = hook_tensors(args, kwargs, output)
             if self.mode == "original":
                 alt = self.alternatives[name](x)
                 self.changes[name].direct.update(self._rows(_relative_change(alt, y)))
