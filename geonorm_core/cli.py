@@ -1,4 +1,4 @@
-"""The `geonorm` command: analyze, bench, prove, info."""
+"""The `geonorm` command: analyze, swap-test, dump, analyze-dump, bench, prove, info."""
 from __future__ import annotations
 
 import argparse
