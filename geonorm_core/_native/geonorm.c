@@ -463,9 +463,6 @@ static void gn_row_moments_exact(int dtype, const void *row, int64_t d, gn_momen
     m->ex = ex;
 }
 
-/* mean, perp norm and norm of one row: shift by an estimate c of the mean, then
- * the corrected two-pass formula  mu = c + e/d,  ||Px||^2 = q - e^2/d  (exact for
- * any c), and ||x||^2 = d mu^2 + ||Px||^2 (G5) so no square of a raw x is taken. */
 /* The shift of the deviation pass: the float64 mean of the first (up to) 64
  * entries (the path's head kernel).  Exact for a constant row of a narrow type
  * (a sum of at most 64 copies of a 24-bit significand is exact in float64);
