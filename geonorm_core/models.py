@@ -124,8 +124,8 @@ def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu"
     Parameters
     ----------
     name_or_path
-        A short name of :data:`MODELS` (``"smollm2"``, ``"gemma3"``, ``"minilm"``; these take
-        precedence, write ``./smollm2`` for a folder of that name), a local checkpoint folder, a
+        A short name of :data:`MODELS` (``"smollm2"``, ``"gemma3"``, ``"minilm"``, ``"whisper-base"``;
+        these take precedence, write ``./smollm2`` for a folder of that name), a local checkpoint folder, a
         local ``.gguf`` file, or a Hugging Face id already in the local cache (never downloaded).
     dtype
         ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` (or ``fp32``/``bf16``/``fp16``), or a
