@@ -192,6 +192,17 @@ class Shard:
     def nbytes(self) -> int:
         return self.rows * self.d * self.dtype.itemsize
 
+    def units(self, block_rows: int) -> list[tuple[int, int]]:
+        """The row ranges :func:`analyze_dump` feeds to ``SiteStats.update`` one by one (the Dask
+        path replays the same ones): the recorded ``segments`` (so a dump's report is the live one
+        bitwise), the whole shard when it has a digest to wait for, else blocks of ``block_rows``."""
+        if self.segments is not None:
+            ends = np.cumsum(self.segments).tolist()
+            return list(zip([0, *ends[:-1]], ends))
+        if self.sha256 is not None:
+            return [(0, self.rows)]
+        return [(a, min(a + block_rows, self.rows)) for a in range(0, self.rows, block_rows)]
+
     def _check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.rows:
             raise IndexError(f"{self.path}: rows [{start}, {stop}) outside [0, {self.rows})")
@@ -1067,10 +1078,8 @@ def _analyze_shard(site: ActivationSite, k: int, stats: SiteStats, block_rows: i
             raise DumpError(hs.path, f"sha256 {got[:16]}... does not match the manifest's "
                                      f"{hs.sha256[:16]}...: the shard is corrupt (none of its rows were "
                                      f"counted)")
-    start = 0
-    for n in hs.segments or (hs.rows,):
-        stats.update(**{q: v[start:start + n] for q, v in staged.items()})
-        start += n
+    for a, b in hs.units(block_rows):
+        stats.update(**{q: v[a:b] for q, v in staged.items()})
 
 
 # ---------------------------------------------------------------------------------------- command line

@@ -48,8 +48,7 @@ from .activations import HIDDEN_QUANTITIES, DumpError, StreamShard, file_sha256
 from .measure import token_values
 from .report import Report
 
-__all__ = ["DEFAULT_SPLIT_EVERY", "DEFAULT_TASK_BYTES", "analyze_array", "analyze_sites", "shards_to_array",
-           "update_units"]
+__all__ = ["DEFAULT_SPLIT_EVERY", "DEFAULT_TASK_BYTES", "analyze_array", "analyze_sites", "shards_to_array"]
 
 #: Hidden + post bytes one task reads (rows are read ``block_rows`` at a time inside it): about
 #: 40,000 tasks for 10 TB.  Neither this nor ``split_every`` changes the numbers.
@@ -134,26 +133,6 @@ def _fold_task(job: _Job, prev: bytes | None, summaries: list[bytes]) -> bytes:
 # ---------------------------------------------------------------- dumps: units and tasks
 
 
-def update_units(shard: Any, block_rows: int) -> list[tuple[int, int]]:
-    """The row ranges ``analyze_dump`` feeds to ``SiteStats.update`` one by one, for one hidden shard.
-
-    A geonorm dump's shard: its ``segments`` (the live hooks' calls, so the dump's report is the
-    live one bitwise); a shard with a digest but no segments: the whole shard; else blocks of
-    ``block_rows`` rows.  Must agree with :func:`geonorm_core.activations.analyze_dump`.
-    """
-    rows = int(shard.rows)
-    segments = getattr(shard, "segments", None)
-    if segments is not None:
-        out, a = [], 0
-        for n in segments:
-            out.append((a, a + int(n)))
-            a += int(n)
-        return out
-    if getattr(shard, "sha256", None) is not None:
-        return [(0, rows)]
-    return _blocks(rows, block_rows)
-
-
 def _blocks(rows: int, block_rows: int) -> list[tuple[int, int]]:
     return [(a, min(a + block_rows, rows)) for a in range(0, rows, block_rows)]
 
@@ -177,7 +156,7 @@ def _plan(site: Any, block_rows: int, task_bytes: int) -> list[list[tuple[int, l
             if (int(ps.rows), int(ps.d)) != (int(hs.rows), int(hs.d)):
                 raise DumpError(ps.path, f"post rows ({ps.rows}, {ps.d}) do not pair with hidden "
                                          f"({hs.rows}, {hs.d})")
-        units = update_units(hs, block_rows)
+        units = hs.units(block_rows)
         if _whole(hs) or (site.post is not None and _whole(site.post[k])):
             groups = [units]
         else:
@@ -210,12 +189,6 @@ def _verify(shard: Any) -> None:
                                     f"the shard is corrupt (none of its rows were counted)")
 
 
-def _site_values(site: Any, hidden: np.ndarray, post: np.ndarray | None, num_threads: int | None) -> dict:
-    if hasattr(site, "token_values"):
-        return site.token_values(hidden, post, num_threads=num_threads)
-    return token_values(hidden, post, gain=site.gain, bias=site.bias, eps=site.eps, num_threads=num_threads)
-
-
 def _dump_units(job: _Job, task: list) -> Iterator[dict[str, np.ndarray]]:
     """The token values of a task's units, in order; each unit read ``block_rows`` rows at a time."""
     site = job.site
@@ -242,18 +215,11 @@ def _read_values(job: _Job, hs: Any, ps: Any, a: int, b: int) -> dict[str, np.nd
         return {q: np.empty(0, np.float64) for q in job.names}
     h = hs.read(a, b)
     p = ps.read(a, b) if ps is not None else None
-    return _site_values(job.site, h, p, job.num_threads)  # the block's maps go with h and p
+    return job.site.token_values(h, p, num_threads=job.num_threads)  # the block's maps go with h and p
 
 
 def _dump_task(job: _Job, i: int) -> bytes:
     return _pack(_summarize(_dump_units(job, job.tasks[i]), job.names, job.bins))
-
-
-def _site_names(site: Any) -> tuple[str, ...]:
-    names = getattr(site, "quantities", None)
-    if names is None:
-        names = QUANTITY_NAMES if site.post is not None else HIDDEN_QUANTITIES
-    return tuple(names)
 
 
 # ---------------------------------------------------------------- graphs
@@ -388,7 +354,7 @@ def analyze_sites(sites: Sequence[Any], *, scheduler: Any = None, block_rows: in
     for site in sites:
         SiteStats(site.meta)  # checks the metadata before any work
         br = int(block_rows) if block_rows is not None else site.default_block_rows()
-        job = _Job(site=site, names=_site_names(site), bins=bins, block_rows=br, num_threads=nt,
+        job = _Job(site=site, names=site.quantities, bins=bins, block_rows=br, num_threads=nt,
                    tasks=_plan(site, br, int(task_bytes)))
         jk = g.data("site", job)
         leaves = [g.data("task", None) for _ in job.tasks]
