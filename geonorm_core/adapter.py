@@ -23,7 +23,7 @@ import torch
 from .accumulate import SiteStats
 from .measure import token_values
 from .report import Report
-from .sites import NormSite, find_norm_sites, hook_tensors
+from .sites import NormSite, find_norm_sites, hook_sites, hook_tensors
 
 
 def select_sites(model: torch.nn.Module, sites: Sequence[str] | None = None) -> list[NormSite]:
@@ -105,8 +105,7 @@ class Analyzer:
 
     # -- hooks -----------------------------------------------------------------------------
     def __enter__(self) -> Analyzer:
-        for site in self.sites:
-            self._handles.append(site.module.register_forward_hook(self._hook(site), with_kwargs=True))
+        self._handles += hook_sites(self.sites, self._hook)
         return self
 
     def __exit__(self, *exc: Any) -> None:

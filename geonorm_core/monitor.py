@@ -61,7 +61,7 @@ import torch
 
 from .accumulate import baseline_angle_sd
 from .adapter import Analyzer, select_sites
-from .report import Report
+from .report import JsonFile, Report
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
 __all__ = ["GeometryMonitor", "Timeline", "GeometryCallback", "plot_timelines", "null_abs_cos"]  # noqa: F822
@@ -74,7 +74,7 @@ TIMELINE_FORMAT = 1  # bump when Timeline.to_dict()'s layout changes
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class Timeline:
+class Timeline(JsonFile):
     """Per-site statistics at recorded training steps, and scalars logged over training.
 
     Attributes
@@ -145,15 +145,6 @@ class Timeline:
                    reports={int(r["step"]): Report.from_dict(r["report"]) for r in d["reports"]},
                    scalars={n: {int(s): (None if v is None else float(v)) for s, v in pts}
                             for n, pts in d["scalars"].items()})
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> Timeline:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Long format, one row per (step, site, quantity) and per logged (step, scalar).

@@ -34,8 +34,21 @@ _BLOCK_ROLES = (("LN1", "LN2"), ("post_attn", "post_mlp"))
 _ROLE_LABEL = {"LN1": "LN1", "LN2": "LN2", "post_attn": "attn-LN", "post_mlp": "mlp-LN"}
 
 
+class JsonFile:
+    """``to_json``/``from_json`` for a class with ``to_dict``/``from_dict`` (strict JSON: no NaN)."""
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike):
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
 @dataclass
-class Report:
+class Report(JsonFile):
     """Statistics of every measured norm site of one model.
 
     Attributes
@@ -56,15 +69,6 @@ class Report:
     @classmethod
     def from_dict(cls, d: dict) -> Report:
         return cls(meta=dict(d["meta"]), sites={k: SiteStats.from_dict(v) for k, v in d["sites"].items()})
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> Report:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
 
     def merge(self, other: Report) -> Report:
         """Fold another report of the same model and sites into this one; return self."""

@@ -109,6 +109,7 @@ import copy
 import math
 import warnings
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -552,6 +553,12 @@ def _forward_order(site: dict):
     else:
         position = -1 if site["role"] == "embed" else math.inf
     return (stack_rank, position, ROLES.index(site["role"]), site["order"])
+
+
+def hook_sites(sites: Sequence[NormSite], make_hook: Callable[[NormSite], Callable]) -> list:
+    """Register ``make_hook(site)`` as a forward hook (``with_kwargs=True``) on each site's module;
+    return the handles (``handle.remove()`` takes a hook off again)."""
+    return [site.module.register_forward_hook(make_hook(site), with_kwargs=True) for site in sites]
 
 
 def hook_tensors(args: tuple, kwargs: dict, output: Any) -> tuple[Any, Any]:

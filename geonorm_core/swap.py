@@ -60,7 +60,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import warnings
@@ -72,7 +71,8 @@ import numpy as np
 import torch
 
 from .accumulate import Moments
-from .sites import NormSite, find_norm_sites, hook_tensors
+from .report import JsonFile
+from .sites import NormSite, find_norm_sites, hook_sites, hook_tensors
 
 __all__ = ["DIRECTIONS", "SENTENCES", "SiteChange", "SwapResult", "swap_test", "swapped"]
 
@@ -289,7 +289,7 @@ class SiteChange:
 
 
 @dataclass
-class SwapResult:
+class SwapResult(JsonFile):
     """What :func:`swap_test` measured.
 
     Attributes
@@ -321,15 +321,6 @@ class SwapResult:
     def from_dict(cls, d: Mapping) -> SwapResult:
         return cls(meta=dict(d["meta"]), sites={k: SiteChange.from_dict(v) for k, v in d["sites"].items()},
                    metric=dict(d["metric"]))
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> SwapResult:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
 
     def save(self, out_dir: str | os.PathLike) -> list[str]:
         """Write ``swap.json`` and ``swap.md`` (the full :meth:`table`) to ``out_dir``; return the paths."""
@@ -475,8 +466,7 @@ class _Probe:
         self._handles: list = []
 
     def __enter__(self) -> _Probe:
-        for site in self.sites:
-            self._handles.append(site.module.register_forward_hook(self._hook(site.name), with_kwargs=True))
+        self._handles += hook_sites(self.sites, lambda site: self._hook(site.name))
         return self
 
     def __exit__(self, *exc: object) -> None:
