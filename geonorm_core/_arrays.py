@@ -75,6 +75,21 @@ def as_vector(v: Any, name: str, d: int, dtype: np.dtype) -> np.ndarray | None:
     return np.array(arr, dtype=dtype, order="C", copy=True)  # d values: a copy costs nothing and cannot alias out=
 
 
+class Layer:
+    """A norm layer's checked parameters: private copies of gain and bias in the compute
+    dtype (kept alive here while the core reads them through wp/bp) and eps."""
+
+    def __init__(self, arr: np.ndarray, weight: Any, bias: Any, eps: float, dtype) -> None:
+        d = arr.shape[-1]
+        self.weight = as_vector(weight, "weight", d, dtype)
+        self.bias = as_vector(bias, "bias", d, dtype)
+        self.wp = 0 if self.weight is None else self.weight.ctypes.data
+        self.bp = 0 if self.bias is None else self.bias.ctypes.data
+        self.eps = float(eps)
+        if not (np.isfinite(self.eps) and self.eps >= 0.0):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
+
+
 @dataclass(frozen=True)
 class Block:
     """n0*n1 rows of every array, as row specs; `first` is the block's first row."""

@@ -22,22 +22,56 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import _arrays
+from ._native import _core
+from .runtime import resolve_threads
+
+#: The quantities in the core's order (geonorm.h: GN_ANGLE_HIDDEN ... GN_ROTATION).
+QUANTITY_ORDER = ("angle_hidden", "norm_hidden", "max_abs_hidden", "ln_rms_gap", "angle_post", "norm_post",
+                  "rotation")
+_HIDDEN_SIDE = 4  # the first four need no post
+
+
+def quantity_names(with_post: bool) -> tuple[str, ...]:
+    """The quantities :func:`token_values` gives, in its order: all of them, or the hidden side's."""
+    return QUANTITY_ORDER if with_post else QUANTITY_ORDER[:_HIDDEN_SIDE]
 
 
 def token_values(hidden: Any, post: Any, *, gain: np.ndarray | None = None, bias: np.ndarray | None = None,
-                 eps: float = 1e-5, num_threads: int | None = 1) -> dict[str, np.ndarray]:
+                 eps: float = 1e-5, num_threads: int | None = 1,
+                 out: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every quantity of the table above for each row of ``hidden``/``post`` (float64, shape ``hidden.shape[:-1]``).
 
     ``gain``, ``bias`` and ``eps`` are the site's LayerNorm parameters as the G9 gap
     uses them (None: unit gain, no bias); ``post`` may be None, and then only the
-    hidden-side quantities are returned.
+    hidden-side quantities are returned.  ``out``: where to write them, a float64
+    array of shape ``(len(quantity_names(post is not None)), rows)`` whose rows are
+    contiguous (e.g. a column slice of a bigger one); the result's arrays are its rows.
+
+    One pass of the core (``gn_site_values``) reads each row pair from memory once
+    for all of them.  16/32-bit rows are summed in float64 in that pass, so the
+    angles and norms are at least as accurate as :func:`~geonorm_core.ops.decompose`'s
+    and the rotation as :func:`~geonorm_core.ops.rotation`'s; the gap is bitwise
+    :func:`~geonorm_core.ops.ln_rms_gap`'s.
     """
-    dh = ops.decompose(hidden, num_threads=num_threads)
-    values = {"angle_hidden": dh.angle, "norm_hidden": dh.norm, "max_abs_hidden": dh.max_abs,
-              "ln_rms_gap": ops.ln_rms_gap(hidden, gain, bias, eps, num_threads=num_threads)}
-    if post is not None:
-        dp = ops.decompose(post, num_threads=num_threads)
-        values.update(angle_post=dp.angle, norm_post=dp.norm,
-                      rotation=ops.rotation(hidden, post, num_threads=num_threads))
-    return values
+    h = _arrays.as_rows(hidden, "hidden")
+    p = None if post is None else _arrays.as_rows(post, "post")
+    if p is not None and p.shape != h.shape:
+        raise ValueError(f"post must have the shape of hidden {h.shape}, got {p.shape}")
+    layer = _arrays.Layer(h, gain, bias, eps, np.float64)
+    nthreads = resolve_threads(num_threads)
+    lead = h.shape[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    names = quantity_names(p is not None)
+    if out is None:
+        out = np.empty((len(names), n), dtype=np.float64)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (len(names), n)
+              and out.flags.writeable and (n < 2 or out.strides[1] == 8) and out.strides[0] % 8 == 0
+              and out.strides[0] >= 8 * n):
+        raise ValueError(f"out must be a writeable float64 array of shape {(len(names), n)} with contiguous rows")
+    qstride = out.strides[0] // 8
+    for block in _arrays.blocks([h] if p is None else [h, p]):
+        y = block.specs[1] if p is not None else None
+        _core.site_values(block.specs[0], y, layer.wp, layer.bp, layer.eps, out.ctypes.data + 8 * block.first,
+                          qstride, nthreads)
+    return {q: out[i].reshape(lead) for i, q in enumerate(names)}

@@ -131,7 +131,7 @@ def ln_rms_gap(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5, 
     numpy.ndarray of float64, shape ``x.shape[:-1]``.
     """
     arr = _arrays.as_rows(x)
-    layer = _Layer(arr, weight, bias, eps, np.float64)
+    layer = _arrays.Layer(arr, weight, bias, eps, np.float64)
     nthreads = resolve_threads(num_threads)
     out = np.empty(arr.shape[:-1], dtype=np.float64)
     for block in _arrays.blocks([arr]):
@@ -140,25 +140,10 @@ def ln_rms_gap(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5, 
     return out
 
 
-class _Layer:
-    """A norm layer's checked parameters: private copies of gain and bias in the compute
-    dtype (kept alive here while the core reads them through wp/bp) and eps."""
-
-    def __init__(self, arr: np.ndarray, weight: Any, bias: Any, eps: float, dtype) -> None:
-        d = arr.shape[-1]
-        self.weight = _arrays.as_vector(weight, "weight", d, dtype)
-        self.bias = _arrays.as_vector(bias, "bias", d, dtype)
-        self.wp = 0 if self.weight is None else self.weight.ctypes.data
-        self.bp = 0 if self.bias is None else self.bias.ctypes.data
-        self.eps = float(eps)
-        if not (np.isfinite(self.eps) and self.eps >= 0.0):
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
-
-
 def _normalize(kind: int, x: Any, weight: Any, bias: Any, eps: float, out: Any,
                num_threads: int | None) -> Any:
     arr = _arrays.as_rows(x)
-    layer = _Layer(arr, weight, bias, eps, np.float64 if arr.dtype == np.float64 else np.float32)
+    layer = _arrays.Layer(arr, weight, bias, eps, np.float64 if arr.dtype == np.float64 else np.float32)
     nthreads = resolve_threads(num_threads)
     if out is None:
         out, view = _arrays.empty_like(x, arr)

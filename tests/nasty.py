@@ -116,6 +116,24 @@ def nasty_rows(d: int, dtype, seed: int = 0) -> np.ndarray:
     return out
 
 
+def partners(x: np.ndarray, rng) -> dict:
+    """Rows to pair with x: its LayerNorm (the paper's measurement), a nearby
+    vector, its negation, a multiple (angle 0), an unrelated row, a shuffle."""
+    dt = x.dtype
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        ln = slow.layer_norm(x, rng.uniform(0.5, 2, x.shape[-1]), rng.normal(0, 0.2, x.shape[-1]))
+        near = f64(x) + 1e-3 * rng.standard_normal(x.shape) * slow.decompose(x).rms[:, None]
+        out = {
+            "layer_norm": ln.astype(dt),
+            "near": near.astype(dt),
+            "negated": -x,
+            "doubled": (f64(x) * 2).astype(dt),
+            "random": rng.standard_normal(x.shape).astype(dt),
+            "shuffled": x[rng.permutation(x.shape[0])],
+        }
+    return {k: np.where(np.isfinite(f64(v)), v, 0).astype(dt) for k, v in out.items()}
+
+
 def extreme_rows_f64(d: int, seed: int = 0) -> np.ndarray:
     """float64 rows near the ends of the double range, and double subnormals."""
     rng = np.random.default_rng(seed + 31 * d)

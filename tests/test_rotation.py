@@ -4,30 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from nasty import ANGLE_TOL, DIMS, DTYPES, assert_angles, extreme_rows_f64, nasty_rows, partners
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import (ANGLE_TOL, DIMS, DTYPES, assert_angles, extreme_rows_f64, f64,
-                   nasty_rows)
-
-
-def partners(x: np.ndarray, rng) -> dict:
-    """Rows to pair with x: its LayerNorm (the paper's measurement), a nearby
-    vector, its negation, a multiple (angle 0), an unrelated row, a shuffle."""
-    dt = x.dtype
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        ln = slow.layer_norm(x, rng.uniform(0.5, 2, x.shape[-1]), rng.normal(0, 0.2, x.shape[-1]))
-        near = f64(x) + 1e-3 * rng.standard_normal(x.shape) * slow.decompose(x).rms[:, None]
-        out = {
-            "layer_norm": ln.astype(dt),
-            "near": near.astype(dt),
-            "negated": -x,
-            "doubled": (f64(x) * 2).astype(dt),
-            "random": rng.standard_normal(x.shape).astype(dt),
-            "shuffled": x[rng.permutation(x.shape[0])],
-        }
-    return {k: np.where(np.isfinite(f64(v)), v, 0).astype(dt) for k, v in out.items()}
-
 
 # ------------------------------------------------------------- the oracle
 

@@ -20,6 +20,8 @@ cdef extern from "geonorm.h" nogil:
                       double *out, int nthreads)
     int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight,
                      const void *bias, double eps, int nthreads)
+    int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias,
+                       double eps, double *out, int64_t qstride, int nthreads)
 
 cdef extern from *:
     """
@@ -103,5 +105,21 @@ def ln_rms_gap(tuple x, uintptr_t weight, uintptr_t bias, double eps, uintptr_t 
     cdef int rc
     with nogil:
         rc = gn_ln_rms_gap(&xr, <const double *>weight, <const double *>bias, eps, <double *>out, nthreads)
+    if rc:
+        raise MemoryError("geonorm: no memory for a scratch row")
+
+
+def site_values(tuple x, y, uintptr_t weight, uintptr_t bias, double eps, uintptr_t out, int64_t qstride,
+                int nthreads):
+    """The per-token quantities of a norm site (geonorm.h's GN_ANGLE_HIDDEN ... order); y: a spec or None."""
+    cdef gn_rows xr = _rows(x), yr
+    cdef const gn_rows *yp = NULL
+    cdef int rc
+    if y is not None:
+        yr = _rows(y)
+        yp = &yr
+    with nogil:
+        rc = gn_site_values(&xr, yp, <const double *>weight, <const double *>bias, eps, <double *>out, qstride,
+                            nthreads)
     if rc:
         raise MemoryError("geonorm: no memory for a scratch row")

@@ -323,14 +323,15 @@ typedef struct {
     int (*widen)(int dtype, const void *row, int64_t d, double *dst, int *ex);
     double (*rotation)(const double *x, const double *y, int64_t d);
     double (*gap)(const double *x, int64_t d, int ex, const double *w, const double *b, double eps);
+    void (*sums)(int dtype, const void *row, int64_t d, double c, const double *gg, const double *gb, double *s);
 } gn_rowops;
 
 static const gn_rowops *gn_rowops_for(int simd)
 {
-    static const gn_rowops scalar = {scalar_row_widen, scalar_row_rotation, scalar_row_gap};
+    static const gn_rowops scalar = {scalar_row_widen, scalar_row_rotation, scalar_row_gap, scalar_row_sums};
 #ifdef GN_X86
-    static const gn_rowops avx2 = {avx2_row_widen, avx2_row_rotation, avx2_row_gap};
-    static const gn_rowops avx512 = {avx512_row_widen, avx512_row_rotation, avx512_row_gap};
+    static const gn_rowops avx2 = {avx2_row_widen, avx2_row_rotation, avx2_row_gap, avx2_row_sums};
+    static const gn_rowops avx512 = {avx512_row_widen, avx512_row_rotation, avx512_row_gap, avx512_row_sums};
     if (simd == GN_AVX512) return &avx512;
     if (simd == GN_AVX2) return &avx2;
 #endif
@@ -648,12 +649,18 @@ static void gn_scatter(const gn_rows *x, const char *src, char *row)
     for (int64_t i = 0; i < x->d; i++) memcpy(row + i * x->sd, src + i * isz, (size_t)isz);
 }
 
-/* Rows per scheduling chunk: about 64 KiB of input, so that a thread the OS
- * preempts (a busy machine, torch's own pool spinning) delays one chunk, not a
- * whole static share.  Rows are independent, so results do not depend on it. */
-static int64_t gn_chunk(int64_t d, int dtype)
+/* Rows per scheduling chunk, for n rows of `bytes` bytes on nt threads: about
+ * 1 MiB of input, so that each thread streams long runs of memory (the hardware
+ * prefetchers lose the stream at every jump: 64 KiB chunks ran the site kernel
+ * at 0.78x the speed of 1 MiB ones on two threads), but at least four chunks per
+ * thread down to 64 KiB ones, so that a thread the OS preempts (a busy machine,
+ * torch's own pool spinning) delays one chunk, not a whole static share.  Rows
+ * are independent, so results do not depend on it. */
+static int64_t gn_chunk(int64_t n, int64_t bytes, int nt)
 {
-    int64_t rows = (64 * 1024) / (d * gn_itemsize(dtype));
+    int64_t rows = n / (4 * (int64_t)nt), lo = (64 << 10) / bytes, hi = (1 << 20) / bytes;
+    rows = rows > hi ? hi : rows;
+    rows = rows < lo ? lo : rows;
     return rows < 1 ? 1 : rows;
 }
 
@@ -673,7 +680,7 @@ int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
     const int direct = gn_rows_direct(x);
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(d, x->dtype);
+    const int64_t chunk = gn_chunk(n, d * gn_itemsize(x->dtype), nt);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = direct ? NULL : malloc((size_t)(d * 8));
@@ -701,7 +708,7 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
     const int xdirect = gn_rows_direct(x), odirect = gn_rows_direct(out);
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(d, x->dtype);
+    const int64_t chunk = gn_chunk(n, d * gn_itemsize(x->dtype), nt);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
@@ -724,17 +731,165 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
     return failed ? -1 : 0;
 }
 
+/* The narrow SIMD twin of the rotation for two rows of one 16/32-bit type, or NULL
+ * (mixed dtypes, float64 rows, the scalar path): then the float64 row functions. */
+static const gn_kernels *gn_rotation_fast(int xtype, int ytype)
+{
+    const gn_kernels *fast = &gn_table(gn_simd_active())[xtype];
+    return xtype == ytype && fast->kahan ? fast : NULL;
+}
+
+/* Angle in degrees between two rows (G11, G12); `wide`: 2d doubles of scratch. */
+static double gn_row_rotation(const gn_rowops *ops, const gn_kernels *fast, int xtype, const char *xr, int ytype,
+                              const char *yr, int64_t d, double *wide)
+{
+    if (fast) { /* rows whose sums of squares are safely inside the float range */
+        double nx, ny;
+        fast->sumsq2(xr, yr, d, &nx, &ny);
+        if (nx >= 0x1p-100 && ny >= 0x1p-100 && nx <= 0x1p100 && ny <= 0x1p100) {
+            double qm, qp;
+            fast->kahan(xr, yr, d, 1.0 / sqrt(nx), 1.0 / sqrt(ny), &qm, &qp);
+            return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
+        }
+    }
+    int ex, ey;
+    int ok = ops->widen(xtype, xr, d, wide, &ex) > 0 && ops->widen(ytype, yr, d, wide + d, &ey) > 0;
+    return ok ? ops->rotation(wide, wide + d, d) : NAN;
+}
+
+/* A norm layer as the LN-RMS gap (G9) reads it: gain w and bias b (NULL: unit
+ * gain, no bias), eps, and what the fast path precomputes once per call: the
+ * weights gg = w^2 and gb = w b of its sums (NULL where w, resp. b, is NULL) and
+ * their totals over the row, sum w^2 (d for unit gain), sum w b and sum b^2. */
+typedef struct {
+    const double *w, *b;
+    double eps;
+    double *gg, *gb;
+    double g2, gbsum, b2;
+    double *buf; /* owns gg and gb */
+} gn_gap_layer;
+
+static int gn_gap_prepare(gn_gap_layer *L, const double *w, const double *b, double eps, int64_t d)
+{
+    *L = (gn_gap_layer){w, b, eps, NULL, NULL, (double)d, 0.0, 0.0, NULL};
+    if (!w && !b) return 0;
+    double *buf = malloc((size_t)(2 * d) * sizeof(double));
+    if (!buf) return -1;
+    L->g2 = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        const double g = w ? w[i] : 1.0, bi = b ? b[i] : 0.0;
+        buf[i] = g * g;
+        buf[d + i] = g * bi;
+        L->g2 += g * g;
+        L->gbsum += g * bi;
+        L->b2 += bi * bi;
+    }
+    L->buf = buf;
+    L->gg = w ? buf : NULL;
+    L->gb = b ? buf + d : NULL;
+    if (!w) L->g2 = (double)d;
+    return 0;
+}
+
+static void gn_gap_release(gn_gap_layer *L)
+{
+    free(L->buf);
+}
+
+/* A 16/32-bit row's statistics from one float64 pass (the path's `sums`): the
+ * mean mu, the variance, the largest |x|, and for the gap the sums about mu
+ * S2 = sum w^2 t^2 (with `mag`, the size of the terms it came from), S1 = sum w^2 t,
+ * SB = sum w b t, t = x - mu.  The sums are taken about a shift c (the head
+ * sample's mean), moved to mu exactly by the corrected two-pass formula, and the
+ * pass is made again around mu when c was poor, as in gn_row_moments. */
+typedef struct {
+    double mu, var, amax, S2, mag, S1, SB;
+} gn_row_stats;
+
+/* Returns 0 for a row with NaN or Inf (its sums are not finite), else 1. */
+static int gn_row_stats64(const gn_kernels *k, const gn_rowops *ops, const gn_gap_layer *L, int dtype,
+                          const char *row, int64_t d, gn_row_stats *st)
+{
+    const double n = (double)d;
+    const double *gg = L ? L->gg : NULL, *gb = L ? L->gb : NULL;
+    double c = gn_sample_mean(k, dtype, row, d), s[6];
+    ops->sums(dtype, row, d, c, gg, gb, s);
+    if (!(s[1] * s[1] / n <= (s[0] - s[1] * s[1] / n) / 16.0)) { /* a poor shift: again around the mean */
+        c += s[1] / n;
+        if (!isfinite(c)) return 0;
+        ops->sums(dtype, row, d, c, gg, gb, s);
+    }
+    if (!(isfinite(s[0]) && isfinite(s[2]) && isfinite(s[4]))) return 0;
+    const double dc = s[1] / n;
+    st->mu = c + dc;
+    st->var = fmax(s[0] - s[1] * dc, 0.0) / n;
+    st->amax = s[5];
+    st->S2 = st->mag = st->var * n;
+    st->S1 = 0.0;
+    if (gg) { /* t = (x - c) - dc */
+        st->S2 = s[2] - 2.0 * dc * s[3] + dc * dc * L->g2;
+        st->mag = s[2] + fabs(2.0 * dc * s[3]) + dc * dc * L->g2;
+        st->S1 = s[3] - dc * L->g2;
+    }
+    st->SB = gb ? s[4] - dc * L->gbsum : 0.0;
+    return 1;
+}
+
+/* The LN-RMS gap from a row's statistics, or NaN when they cannot vouch for it.
+ * With a = 1/sqrt(var + eps), r = 1/sqrt(ms + eps), ms = var + mu^2, A = a - r:
+ *   LN - (RMS + b) = w (t A - mu r),          LN = w t a + b,
+ *   num = A^2 S2 - 2 A mu r S1 + mu^2 r^2 sum w^2,
+ *   den = a^2 S2 + 2 a SB + sum b^2,
+ * and A = mu^2 a r / (sqrt(var + eps) + sqrt(ms + eps)) has no cancellation.
+ * num, den and S2 are sums of terms that cancel only for rows built so that LN
+ * and RMS agree where the gain is; when one keeps less than 2^-12 of its terms'
+ * size, the exact row function decides instead. */
+static double gn_gap_from_stats(const gn_gap_layer *L, const gn_row_stats *st)
+{
+    const double lost = 0x1p-12, mu = st->mu;
+    const double sv = sqrt(st->var + L->eps), sm = sqrt(st->var + mu * mu + L->eps);
+    const double a = 1.0 / sv, r = 1.0 / sm, A = mu * mu * a * r / (sv + sm);
+    const double n1 = A * A * st->S2, n2 = 2.0 * A * mu * r * st->S1, n3 = mu * mu * r * r * L->g2;
+    const double d1 = a * a * st->S2, d2 = 2.0 * a * st->SB;
+    const double num = n1 - n2 + n3, den = d1 + d2 + L->b2;
+    if (!(st->S2 >= lost * st->mag && num >= lost * (n1 + fabs(n2) + n3) && den >= lost * (d1 + fabs(d2) + L->b2)
+          && den > 0.0 && isfinite(num) && isfinite(den)))
+        return NAN;
+    return sqrt(num / den);
+}
+
+/* One row's LN-RMS gap (G9): from one float64 pass for 16/32-bit rows, else (and
+ * whenever that declines) the exact float64 row function; `wide`: d doubles. */
+static double gn_row_gap(const gn_kernels *k, const gn_rowops *ops, const gn_gap_layer *L, int dtype,
+                         const char *row, int64_t d, double *wide)
+{
+    gn_row_stats st;
+    if (dtype != GN_F64 && gn_row_stats64(k, ops, L, dtype, row, d, &st)) {
+        const double g = gn_gap_from_stats(L, &st);
+        if (!isnan(g)) return g;
+    }
+    int ex;
+    return ops->widen(dtype, row, d, wide, &ex) >= 0 ? ops->gap(wide, d, ex, L->w, L->b, L->eps) : NAN;
+}
+
+/* angle with 1 (degrees) and norm of a row from its statistics, as gn_row_decompose
+ * forms them: ||x||^2 = d mu^2 + ||Px||^2 (G5), angle = atan2(||Px||, sqrt(d) mu). */
+static void gn_angle_norm(const gn_row_stats *st, int64_t d, double *angle, double *norm)
+{
+    const double perp = sqrt(st->var * (double)d), coef = st->mu * sqrt((double)d);
+    *norm = sqrt(coef * coef + perp * perp);
+    *angle = *norm > 0.0 ? atan2(perp, coef) * (180.0 / M_PI) : NAN;
+}
+
 int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
 {
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int xdirect = gn_rows_direct(x), ydirect = gn_rows_direct(y);
     const gn_rowops *ops = gn_rowops_for(gn_simd_active());
-    /* the narrow SIMD twin for two rows of one 16/32-bit type, else the float64 row functions */
-    const gn_kernels *fast = &gn_table(gn_simd_active())[x->dtype];
-    if (x->dtype != y->dtype || !fast->kahan) fast = NULL;
+    const gn_kernels *fast = gn_rotation_fast(x->dtype, y->dtype);
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(d, x->dtype);
+    const int64_t chunk = gn_chunk(n, d * (gn_itemsize(x->dtype) + gn_itemsize(y->dtype)), nt);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         /* widened x and y rows, then gather buffers for strided ones */
@@ -743,7 +898,6 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t r = 0; r < n; r++) {
             if (failed) continue;
-            double *xs = scratch, *ys = scratch + d;
             const char *xr = gn_row_ptr(x, r), *yr = gn_row_ptr(y, r);
             if (!xdirect) {
                 gn_gather(x, xr, (char *)(scratch + 2 * d));
@@ -753,19 +907,7 @@ int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
                 gn_gather(y, yr, (char *)(scratch + 3 * d));
                 yr = (const char *)(scratch + 3 * d);
             }
-            if (fast) { /* rows whose sums of squares are safely inside the float range */
-                double nx, ny;
-                fast->sumsq2(xr, yr, d, &nx, &ny);
-                if (nx >= 0x1p-100 && ny >= 0x1p-100 && nx <= 0x1p100 && ny <= 0x1p100) {
-                    double qm, qp;
-                    fast->kahan(xr, yr, d, 1.0 / sqrt(nx), 1.0 / sqrt(ny), &qm, &qp);
-                    out[r] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
-                    continue;
-                }
-            }
-            int ex, ey;
-            int ok = ops->widen(x->dtype, xr, d, xs, &ex) > 0 && ops->widen(y->dtype, yr, d, ys, &ey) > 0;
-            out[r] = ok ? ops->rotation(xs, ys, d) : NAN;
+            out[r] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);
         }
         free(scratch);
     }
@@ -777,10 +919,13 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
 {
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int direct = gn_rows_direct(x);
+    const gn_kernels *k = gn_table(gn_simd_active());
     const gn_rowops *ops = gn_rowops_for(gn_simd_active());
+    gn_gap_layer L;
+    if (gn_gap_prepare(&L, weight, bias, eps, d)) return -1;
     int failed = 0;
     const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(d, x->dtype);
+    const int64_t chunk = gn_chunk(n, d * gn_itemsize(x->dtype), nt);
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
     {
         double *scratch = malloc((size_t)(2 * d) * sizeof(double)); /* widened row, gather buffer */
@@ -793,11 +938,81 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
                 gn_gather(x, row, (char *)(scratch + d));
                 row = (const char *)(scratch + d);
             }
-            int ex;
-            out[r] = ops->widen(x->dtype, row, d, scratch, &ex) >= 0 ? ops->gap(scratch, d, ex, weight, bias, eps)
-                                                                   : NAN;
+            out[r] = gn_row_gap(k, ops, &L, x->dtype, row, d, scratch);
         }
         free(scratch);
     }
+    gn_gap_release(&L);
+    return failed ? -1 : 0;
+}
+
+int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias, double eps,
+                   double *out, int64_t qstride, int nthreads)
+{
+    const int64_t n = x->n0 * x->n1, d = x->d;
+    const int xdirect = gn_rows_direct(x), ydirect = !y || gn_rows_direct(y);
+    const gn_kernels *k = gn_table(gn_simd_active());
+    const gn_rowops *ops = gn_rowops_for(gn_simd_active());
+    const gn_kernels *fast = y ? gn_rotation_fast(x->dtype, y->dtype) : NULL;
+    gn_gap_layer L;
+    if (gn_gap_prepare(&L, weight, bias, eps, d)) return -1;
+    int failed = 0;
+    const int nt = gn_threads(nthreads, n, y ? 2 * d : d);
+    const int64_t chunk = gn_chunk(n, d * (gn_itemsize(x->dtype) + (y ? gn_itemsize(y->dtype) : 0)), nt);
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+    {
+        /* widened x and y rows, then gather buffers for strided ones */
+        double *scratch = malloc((size_t)(4 * d) * sizeof(double));
+        failed = !scratch;
+#pragma omp for schedule(dynamic, chunk)
+        for (int64_t r = 0; r < n; r++) {
+            if (failed) continue;
+            double *o = out + r, dec[GN_NQUANT];
+            const char *xr = gn_row_ptr(x, r), *yr = y ? gn_row_ptr(y, r) : NULL;
+            if (!xdirect) {
+                gn_gather(x, xr, (char *)(scratch + 2 * d));
+                xr = (const char *)(scratch + 2 * d);
+            }
+            if (y && !ydirect) {
+                gn_gather(y, yr, (char *)(scratch + 3 * d));
+                yr = (const char *)(scratch + 3 * d);
+            }
+            /* 16/32-bit rows: one float64 pass over each row, then the rotation's one pass */
+            gn_row_stats sx, sy;
+            const int fx = x->dtype != GN_F64 && gn_row_stats64(k, ops, &L, x->dtype, xr, d, &sx);
+            const int fy = y && y->dtype != GN_F64 && gn_row_stats64(k, ops, NULL, y->dtype, yr, d, &sy);
+            double gap = fx ? gn_gap_from_stats(&L, &sx) : NAN;
+            if (isnan(gap)) gap = gn_row_gap(k, ops, &L, x->dtype, xr, d, scratch);
+            o[GN_LN_RMS_GAP * qstride] = gap;
+            if (fx) {
+                gn_angle_norm(&sx, d, &o[GN_ANGLE_HIDDEN * qstride], &o[GN_NORM_HIDDEN * qstride]);
+                o[GN_MAX_ABS_HIDDEN * qstride] = sx.amax;
+            } else {
+                gn_row_decompose(k, x->dtype, xr, d, dec, 1);
+                o[GN_ANGLE_HIDDEN * qstride] = dec[GN_ANGLE];
+                o[GN_NORM_HIDDEN * qstride] = dec[GN_NORM];
+                o[GN_MAX_ABS_HIDDEN * qstride] = dec[GN_MAX_ABS];
+            }
+            if (!y) continue;
+            if (fy) {
+                gn_angle_norm(&sy, d, &o[GN_ANGLE_POST * qstride], &o[GN_NORM_POST * qstride]);
+            } else {
+                gn_row_decompose(k, y->dtype, yr, d, dec, 1);
+                o[GN_ANGLE_POST * qstride] = dec[GN_ANGLE];
+                o[GN_NORM_POST * qstride] = dec[GN_NORM];
+            }
+            /* the rotation from the two norms just found, when they are safely in range */
+            const double nx = o[GN_NORM_HIDDEN * qstride], ny = o[GN_NORM_POST * qstride];
+            if (fast && fx && fy && nx >= 0x1p-50 && ny >= 0x1p-50 && nx <= 0x1p50 && ny <= 0x1p50) {
+                double qm, qp;
+                fast->kahan(xr, yr, d, 1.0 / nx, 1.0 / ny, &qm, &qp);
+                o[GN_ROTATION * qstride] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
+            } else {
+                o[GN_ROTATION * qstride] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);
+            }
+        }
+        free(scratch);
+    }
+    gn_gap_release(&L);
     return failed ? -1 : 0;
 }

@@ -43,4 +43,14 @@ int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, do
 int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight,
                  const void *bias, double eps, int nthreads);
 
+/* The per-token quantities of one norm site (geonorm_core.measure), in this order:
+ * quantity q of row r is out[q * qstride + r].  Each is bitwise what the op of its
+ * own gives (decompose of x and y, gn_ln_rms_gap of x, gn_rotation of x and y), but
+ * a row pair is read from memory once for all of them.  y (the norm's output) may
+ * be NULL: then only the first four are written. */
+enum { GN_ANGLE_HIDDEN = 0, GN_NORM_HIDDEN, GN_MAX_ABS_HIDDEN, GN_LN_RMS_GAP, GN_ANGLE_POST, GN_NORM_POST,
+       GN_ROTATION, GN_NSITE };
+int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias, double eps,
+                   double *out, int64_t qstride, int nthreads);
+
 #endif

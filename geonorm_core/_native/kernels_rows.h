@@ -119,6 +119,72 @@ GN_TARGET static double GN_ROWFN(rotation)(const double *x, const double *y, int
     return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
 }
 
+/* One float64 pass over a 16/32-bit row (gn_row_stats): sums of t = x - c,
+ * plain and weighted by gg = w^2 and gb = w b (NULL: unit gain, no bias), and
+ * the largest |x|, the elements converted on the fly:
+ *   s = {sum t^2, sum t, sum gg t^2, sum gg t, sum gb t, max |x|}.
+ * Two accumulators per sum (the low and high halves of each load). */
+GN_TARGET static void GN_ROWFN(sums)(int dtype, const void *row, int64_t d, double c, const double *gg,
+                                      const double *gb, double *s)
+{
+    VD q0 = VD_ZERO, e0 = VD_ZERO, w20 = VD_ZERO, w10 = VD_ZERO, b10 = VD_ZERO;
+    VD q1 = VD_ZERO, e1 = VD_ZERO, w21 = VD_ZERO, w11 = VD_ZERO, b11 = VD_ZERO;
+    double amax = 0.0;
+    int64_t k = 0;
+#ifdef LOAD_F16 /* SIMD paths: W narrow elements, as two float64 vectors, per step */
+    const VD vc = VD_SET1(c);
+    VF m = VF_ZERO;
+#define GN_SUMS_STEP(X, i, q, e, w2, w1, b1)                       \
+    do {                                                           \
+        const VD t_ = VD_SUB(X, vc);                               \
+        q = VD_ADD(q, VD_MUL(t_, t_));                             \
+        e = VD_ADD(e, t_);                                         \
+        if (gg) {                                                  \
+            const VD g_ = VD_MUL(VD_LOADU(gg + (i)), t_);          \
+            w2 = VD_ADD(w2, VD_MUL(g_, t_));                       \
+            w1 = VD_ADD(w1, g_);                                   \
+        }                                                          \
+        if (gb) b1 = VD_ADD(b1, VD_MUL(VD_LOADU(gb + (i)), t_));   \
+    } while (0)
+#define GN_SUMS_LOOP(LOAD, CT)                                        \
+    for (; k + W <= d; k += W) {                                      \
+        VF v_ = LOAD((const CT *)row + k);                            \
+        m = VF_MAX(m, VF_ABS(v_));                                    \
+        GN_SUMS_STEP(VD_LO(v_), k, q0, e0, w20, w10, b10);            \
+        GN_SUMS_STEP(VD_HI(v_), k + WD, q1, e1, w21, w11, b11);       \
+    }
+    switch (dtype) {
+    case GN_F32: GN_SUMS_LOOP(LOAD_F32, float) break;
+    case GN_F16: GN_SUMS_LOOP(LOAD_F16, uint16_t) break;
+    case GN_BF16: GN_SUMS_LOOP(LOAD_BF16, uint16_t) break;
+    default: break;
+    }
+    amax = VF_REDUCE_MAX(m);
+#undef GN_SUMS_LOOP
+#undef GN_SUMS_STEP
+#endif
+    s[0] = VD_REDUCE(VD_ADD(q0, q1));
+    s[1] = VD_REDUCE(VD_ADD(e0, e1));
+    s[2] = VD_REDUCE(VD_ADD(w20, w21));
+    s[3] = VD_REDUCE(VD_ADD(w10, w11));
+    s[4] = VD_REDUCE(VD_ADD(b10, b11));
+    for (; k < d; k++) { /* the rest (all of it on the scalar path) */
+        const uint16_t *h = (const uint16_t *)row;
+        const double x = dtype == GN_F32 ? ((const float *)row)[k]
+                         : dtype == GN_F16 ? gn_half_to_float(h[k]) : gn_u2f((uint32_t)h[k] << 16);
+        const double t = x - c;
+        s[0] += t * t;
+        s[1] += t;
+        if (gg) {
+            s[2] += gg[k] * t * t;
+            s[3] += gg[k] * t;
+        }
+        if (gb) s[4] += gb[k] * t;
+        amax = fabs(x) > amax ? fabs(x) : amax;
+    }
+    s[5] = amax;
+}
+
 /* What LayerNorm's mean subtraction changes in one row (G9):
  * ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)||, LN(x) = w (x - mu 1)/sqrt(sigma^2 + eps) + b.
  * The row arrives widened and rescaled by 2^-ex; both norms are invariant to
