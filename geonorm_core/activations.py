@@ -55,7 +55,7 @@ batches.
 Memory
 ------
 Rows are read through memory maps of one block at a time (``block_rows``,
-default ~8 MiB of rows), released when the block is done, so the resident set
+default ~32 MiB of rows), released when the block is done, so the resident set
 is a few blocks plus one shard's staged values, whatever the size of the dump
 (benchmarks/dump_read.py: 55 MB peak for a 1 GB and an 8 GB dump).  ``.pt``
 tensors are located in the file and read the same way; a Fortran-ordered
@@ -65,7 +65,6 @@ inflated a block at a time.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import math
 import mmap
@@ -83,7 +82,8 @@ import ml_dtypes
 import numpy as np
 
 from .accumulate import QUANTITY_NAMES, SiteStats
-from .measure import token_values
+from .digests import VerifiedFiles, file_sha256, hash_file
+from .measure import quantity_names, token_values
 from .report import Report
 from .runtime import get_num_threads
 
@@ -96,6 +96,7 @@ __all__ = [
     "MANIFEST_NAME",
     "PREFETCH_BYTES",
     "SAFETENSORS_DTYPES",
+    "VERIFY_MODES",
     "ActivationSite",
     "ArrayShard",
     "DumpError",
@@ -114,6 +115,9 @@ MANIFEST_NAME = "manifest.json"
 DUMP_FORMAT = "geonorm-dump"
 DUMP_VERSION = 1
 
+#: How much of a geonorm dump is checked before its rows count (see :func:`open_activations`).
+VERIFY_MODES = ("sha256", "rehash", "size")
+
 #: safetensors dtype codes geonorm reads and writes (little-endian on disk).
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -127,11 +131,12 @@ HIDDEN_QUANTITIES = ("angle_hidden", "norm_hidden", "max_abs_hidden", "ln_rms_ga
 #: eps of the LN-RMS gap (G9) where the source does not say (torch's LayerNorm default).
 DEFAULT_EPS = 1e-5
 
-#: Bytes of hidden + post rows per block.  Each block costs ~150 us of Python and call overhead
-#: (four kernels, the accumulators); measured on SmolLM2-shaped fp32 rows (2 cores), 256 KiB blocks
-#: ran at 0.3x the speed of 16 MiB ones, 1 MiB at 0.5x, 4 MiB at 0.8x; 8-64 MiB are level.
-#: Resident memory is a few blocks.
-DEFAULT_BLOCK_BYTES = 8 << 20
+#: Bytes of hidden + post rows per block.  Each block costs ~100 us of Python, call overhead and
+#: mapping (two maps, one kernel call, the unmaps); measured on SmolLM2-shaped fp32 rows (2 cores),
+#: 256 KiB blocks ran at 0.3x the speed of 16 MiB ones, 1 MiB at 0.5x, 4 MiB at 0.8x; 8-64 MiB are
+#: level.  32 MiB holds a whole shard of the dumps geonorm writes for models up to d = 2048 (fp32),
+#: so a shard is one block.  Resident memory is a few blocks.
+DEFAULT_BLOCK_BYTES = 32 << 20
 
 #: How far ahead of the computation the OS is asked to read (posix_fadvise WILLNEED) when no
 #: hashing pass reads ahead: enough to keep a disk's queue busy across a block's compute.
@@ -141,6 +146,7 @@ _MAX_HEADER = 100 << 20  # the safetensors library's own limit on the JSON heade
 _ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth")
 _HASH_CHUNK = 8 << 20
 _PAGE = mmap.ALLOCATIONGRANULARITY
+_SEQUENTIAL = getattr(mmap, "MADV_SEQUENTIAL", None)
 
 
 class DumpError(ValueError):
@@ -166,7 +172,8 @@ class Shard:
     path : the file.
     rows, d : its shape as rows of d components (leading axes flattened).
     dtype : the element type (``ml_dtypes.bfloat16`` for BF16).
-    sha256 : expected digest of the whole file (geonorm dumps), else None.
+    sha256 : the digest the whole file must still be checked against (geonorm dumps), else None (no
+        digest, ``verify="size"``, or a file the record says was hashed to it before).
     segments : row counts of the blocks the live analysis fed its accumulators with (geonorm
         dumps), so a replay gives bitwise the same moments; None for other sources.
     """
@@ -220,10 +227,13 @@ class FileShard(Shard):
     """
 
     def __init__(self, path: str | os.PathLike, offset: int, rows: int, d: int, dtype: np.dtype, *,
-                 sha256: str | None = None, segments: Sequence[int] | None = None) -> None:
+                 sha256: str | None = None, segments: Sequence[int] | None = None,
+                 record: VerifiedFiles | None = None) -> None:
+        """``record``: where a digest check of the file is remembered (:mod:`geonorm_core.digests`)."""
         self.path, self.offset, self.rows, self.d = Path(path), int(offset), int(rows), int(d)
         self.dtype = np.dtype(dtype)
         self.sha256 = sha256
+        self.record = record
         self.segments = None if segments is None else tuple(int(s) for s in segments)
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -244,20 +254,37 @@ class FileShard(Shard):
             mm = mmap.mmap(fd, hi - base, offset=base, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
+        if _SEQUENTIAL is not None:  # larger fault-around and read-ahead: the kernels read it in order
+            mm.madvise(_SEQUENTIAL)
         return np.frombuffer(mm, self.dtype, count=n * self.d, offset=lo - base).reshape(n, self.d)
 
     def prefetch(self, start: int, stop: int) -> None:
         row = self.d * self.dtype.itemsize
+        if stop <= start:
+            return
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return
         try:
-            os.posix_fadvise(fd, self.offset + start * row, (stop - start) * row, os.POSIX_FADV_WILLNEED)
+            lo, n = self.offset + start * row, (stop - start) * row
+            if not _cached(fd, lo + n - 1):  # WILLNEED walks the range even when it is all cached
+                os.posix_fadvise(fd, lo, n, os.POSIX_FADV_WILLNEED)
         except (OSError, AttributeError):
             pass
         finally:
             os.close(fd)
+
+
+def _cached(fd: int, offset: int) -> bool:
+    """Whether the page holding byte ``offset`` is in the page cache (a 1-byte read that may not wait).
+
+    Asked of a range's last byte: files are read, and cached, front to back, so a cached last
+    page almost always means a cached range; where it does not, the kernels' faults read it."""
+    try:
+        return os.preadv(fd, [bytearray(1)], offset, os.RWF_NOWAIT) == 1
+    except (OSError, AttributeError):  # EAGAIN: not cached; no RWF_NOWAIT on this OS or file system
+        return False
 
 
 def _load_torch(path: Path, key: str | None) -> Any:
@@ -402,11 +429,11 @@ class ActivationSite:
         """Empty accumulators for this site (what :func:`analyze_dump` and the Dask path fill)."""
         return SiteStats(self.meta, bins=bins, names=self.quantities)
 
-    def token_values(self, hidden: Any, post: Any, *,
-                     num_threads: int | None = None) -> dict[str, np.ndarray]:
+    def token_values(self, hidden: Any, post: Any, *, num_threads: int | None = None,
+                     out: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """:func:`geonorm_core.measure.token_values` with this site's gain, bias and eps."""
         return token_values(hidden, post, gain=self.gain, bias=self.bias, eps=self.eps,
-                            num_threads=num_threads)
+                            num_threads=num_threads, out=out)
 
 
 # ---------------------------------------------------------------------------------------- opening
@@ -421,8 +448,10 @@ def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial
     path : a geonorm dump folder (or its ``manifest.json``), a ``.npy``, ``.npz``, ``.safetensors``,
         ``.pt`` file, or a folder of such files (concatenated in name order).
     verify : ``"sha256"`` (default): shards carry the manifest's digests, which
-        :func:`analyze_dump` checks before counting a shard; ``"size"``: headers, sizes and shapes
-        only.  Foreign sources have no digests, so the two are the same for them.
+        :func:`analyze_dump` checks before counting a shard, except for files hashed to the same
+        digest before and unchanged since (:mod:`geonorm_core.digests`); ``"rehash"``: every shard
+        is hashed; ``"size"``: headers, sizes and shapes only.  Foreign sources have no digests, so
+        the three are the same for them.
     partial : accept a geonorm dump that was interrupted (only the batches written are read).
 
     Raises
@@ -431,8 +460,8 @@ def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial
         (a ValueError) naming the file and the problem: missing or truncated file, a shard whose
         header disagrees with the manifest, an unknown dtype, shapes that do not fit together.
     """
-    if verify not in ("sha256", "size"):
-        raise ValueError(f"verify must be 'sha256' or 'size', got {verify!r}")
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {', '.join(map(repr, VERIFY_MODES))}, got {verify!r}")
     p = Path(path)
     if not p.exists():
         raise DumpError(p, "no such file or folder")
@@ -483,7 +512,8 @@ def _open_dump(manifest: Path, verify: str, partial: bool) -> list[ActivationSit
         raise DumpError(manifest, f"the dump is incomplete (interrupted after {man.get('batches_done', 0)} "
                                   f"batches): finish it with `geonorm dump --resume`, or pass partial=True "
                                   f"(--partial) to analyze the batches written")
-    params = _read_params(root, man.get("params"), verify)
+    record = VerifiedFiles(root) if verify != "size" else None
+    params = _read_params(root, man.get("params"), verify, record)
     report_meta = {**man.get("report_meta", {}), "source": str(root)}
     sites = []
     for entry in man.get("sites", []):
@@ -494,7 +524,7 @@ def _open_dump(manifest: Path, verify: str, partial: bool) -> list[ActivationSit
         d = int(meta["d"])
         hidden, post = [], []
         for sh in shards:
-            h, p_ = _open_dump_shard(root, sh, d, verify)
+            h, p_ = _open_dump_shard(root, sh, d, verify, record)
             hidden.append(h)
             post.append(p_)
         if sum(s.rows for s in hidden) != int(entry.get("rows", -1)):
@@ -515,7 +545,8 @@ def _open_dump(manifest: Path, verify: str, partial: bool) -> list[ActivationSit
     return sites
 
 
-def _read_params(root: Path, entry: dict | None, verify: str) -> dict[str, np.ndarray]:
+def _read_params(root: Path, entry: dict | None, verify: str, record: VerifiedFiles | None
+                 ) -> dict[str, np.ndarray]:
     if not entry:
         return {}
     path = root / entry["file"]
@@ -523,15 +554,24 @@ def _read_params(root: Path, entry: dict | None, verify: str) -> dict[str, np.nd
         raise DumpError(path, "missing (the sites' gains and biases)")
     if path.stat().st_size != entry.get("bytes"):
         raise DumpError(path, f"size {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}")
-    if verify == "sha256" and file_sha256(path) != entry.get("sha256"):
-        raise DumpError(path, "sha256 does not match the manifest (the gains and biases are corrupt)")
+    if _must_hash(path, entry.get("sha256"), verify, record):
+        digest, identity = hash_file(path)
+        if digest != entry.get("sha256"):
+            raise DumpError(path, "sha256 does not match the manifest (the gains and biases are corrupt)")
+        record.add(path, identity, digest)
     header, start = read_safetensors_header(path)
     return {key: np.fromfile(path, dtype=t["dtype"], count=_prod(t["shape"]),
                              offset=start + t["data_offsets"][0]).reshape(t["shape"]).astype(np.float32)
             for key, t in header.items()}
 
 
-def _open_dump_shard(root: Path, sh: dict, d: int, verify: str) -> tuple[FileShard, FileShard]:
+def _must_hash(path: Path, digest: str | None, verify: str, record: VerifiedFiles | None) -> bool:
+    """Whether ``path`` has to be hashed: a digest to check, and no record that it already was."""
+    return record is not None and (verify == "rehash" or not record.known(path, digest or ""))
+
+
+def _open_dump_shard(root: Path, sh: dict, d: int, verify: str, record: VerifiedFiles | None
+                     ) -> tuple[FileShard, FileShard]:
     try:
         path = root / sh["file"]
         rows, size, dtypes = int(sh["rows"]), int(sh["bytes"]), sh["dtype"]
@@ -543,6 +583,7 @@ def _open_dump_shard(root: Path, sh: dict, d: int, verify: str) -> tuple[FileSha
     if actual != size:
         raise DumpError(path, f"truncated or altered: {actual} bytes, the manifest says {size}")
     header, start = read_safetensors_header(path)
+    hashing = _must_hash(path, sh.get("sha256"), verify, record)
     out = []
     for key in ("hidden", "post"):
         t = header.get(key)
@@ -554,8 +595,8 @@ def _open_dump_shard(root: Path, sh: dict, d: int, verify: str) -> tuple[FileSha
         if list(t["shape"]) != [rows, d]:
             raise DumpError(path, f"{key} has shape {t['shape']} but the manifest says ({rows}, {d})")
         out.append(FileShard(path, start + t["data_offsets"][0], rows, d, t["dtype"],
-                             sha256=sh.get("sha256") if verify == "sha256" else None,
-                             segments=sh.get("segments")))
+                             sha256=sh.get("sha256") if hashing else None, segments=sh.get("segments"),
+                             record=record))
     if start + max(header[k]["data_offsets"][1] for k in header) != size:
         raise DumpError(path, "its header does not account for every byte of the file")
     segs = out[0].segments
@@ -865,21 +906,6 @@ def _torch_offsets(f: Path, items: dict, dtypes: dict) -> dict[Any, int]:
 # ---------------------------------------------------------------------------------------- analysis
 
 
-def file_sha256(path: str | os.PathLike, buffer: bytearray | None = None) -> str:
-    """sha256 of a file, read sequentially in large chunks into a reused buffer."""
-    buf = buffer if buffer is not None else bytearray(_HASH_CHUNK)
-    view = memoryview(buf)
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        try:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except (OSError, AttributeError):
-            pass
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 class _ReadAhead:
     """Keeps the disk busy ahead of the computation.
 
@@ -895,6 +921,7 @@ class _ReadAhead:
         self._pool = concurrent.futures.ThreadPoolExecutor(hash_threads, thread_name_prefix="geonorm-sha256")
         self._local = threading.local()
         self._digests: dict[Path, concurrent.futures.Future] = {}
+        self._advised: dict[int, int] = {}  # id(shard) -> rows already announced to the OS
 
     def __enter__(self) -> _ReadAhead:
         return self
@@ -904,11 +931,11 @@ class _ReadAhead:
             fut.cancel()
         self._pool.shutdown(wait=True)
 
-    def _hash(self, path: Path) -> str:
+    def _hash(self, path: Path) -> tuple[str, list[int] | None]:
         buf = getattr(self._local, "buf", None)
         if buf is None:
             buf = self._local.buf = bytearray(_HASH_CHUNK)
-        return file_sha256(path, buf)
+        return hash_file(path, buf)
 
     def schedule(self, plan: Sequence[tuple[ActivationSite, int]], i: int, block_rows: int) -> None:
         """Before shard ``plan[i]``: queue the next ``depth`` shards' hashes, or prefetch the next shards."""
@@ -927,14 +954,21 @@ class _ReadAhead:
             self.prefetch(site, k, 0, rows)
             ahead -= rows * row
 
-    def digest(self, path: Path) -> str:
+    def digest(self, path: Path) -> tuple[str, list[int] | None]:
+        """The file's sha256 and identity (:func:`geonorm_core.digests.hash_file`)."""
         fut = self._digests.pop(path, None)
         return fut.result() if fut is not None else self._hash(path)
 
-    @staticmethod
-    def prefetch(site: ActivationSite, k: int, start: int, stop: int) -> None:
+    def prefetch(self, site: ActivationSite, k: int, start: int, stop: int) -> None:
         # In the calling thread: WILLNEED only queues the reads, and handing each block to a
         # helper thread would cost a GIL hand-off (up to the 5 ms switch interval) per block.
+        # Each row is announced once: WILLNEED walks the page cache even when the pages are
+        # there, which on a warm cache cost more than the kernels when windows overlapped.
+        key = id(site.hidden[k])
+        start = max(start, self._advised.get(key, 0))
+        if start >= stop:
+            return
+        self._advised[key] = stop
         site.hidden[k].prefetch(start, stop)
         if site.post is not None:
             site.post[k].prefetch(start, stop)
@@ -970,7 +1004,7 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
     block_rows : rows per block (default: about ``DEFAULT_BLOCK_BYTES`` of hidden + post rows).
     bins : histogram bins of the angle quantities over [0, 180] degrees.
     num_threads : threads for the core.  Default: of the :func:`geonorm_core.get_num_threads` cores,
-        half hash (with ``verify="sha256"``) and the rest compute; else all but one (at least 1).
+        half hash (while shards are being hashed) and the rest compute; else all of them.
     scheduler : a Dask scheduler address or client: the blocks run on a Dask cluster instead
         (``geonorm_core.dask.analyze_sites``).
     progress : called with the number of rows done (all sites) after each block.
@@ -1003,7 +1037,7 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
     hashing = any(s.sha256 is not None for site in sites for s in site.hidden)
     hash_threads = max(1, cores // 2) if hashing else 1
     if num_threads is None:  # the rest of the cores compute (sha256 and the kernels cost about alike)
-        num_threads = max(1, cores - hash_threads)
+        num_threads = max(1, cores - hash_threads) if hashing else cores
     plan = [(site, k) for site in sites for k in range(len(site.hidden))]
     stats = {site.name: site.new_stats(bins) for site in sites}
     done = 0
@@ -1014,11 +1048,16 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
         if progress is not None:
             progress(done)
 
-    with _ReadAhead(hash_threads) as ahead:
-        for i, (site, k) in enumerate(plan):
-            rows = block_rows or site.default_block_rows()
-            ahead.schedule(plan, i, rows)
-            _analyze_shard(site, k, stats[site.name], rows, num_threads, ahead, rows_done)
+    records = {id(r): r for site in sites for s in site.hidden if (r := getattr(s, "record", None))}
+    try:
+        with _ReadAhead(hash_threads) as ahead:
+            for i, (site, k) in enumerate(plan):
+                rows = block_rows or site.default_block_rows()
+                ahead.schedule(plan, i, rows)
+                _analyze_shard(site, k, stats[site.name], rows, num_threads, ahead, rows_done)
+    finally:  # remember the shards that hashed right, even when a later one did not
+        for r in records.values():
+            r.save()
     return Report(meta=meta, sites=stats)
 
 
@@ -1049,22 +1088,21 @@ def _analyze_shard(site: ActivationSite, k: int, stats: SiteStats, block_rows: i
         raise DumpError(ps.path, f"post rows ({ps.rows}, {ps.d}) do not pair with hidden ({hs.rows}, {hs.d})")
     row_bytes = hs.d * hs.dtype.itemsize * (2 if ps is not None else 1)
     ahead_rows = max(2 * block_rows, PREFETCH_BYTES // row_bytes)
-    staged = None
+    names = quantity_names(ps is not None)
+    staged = None  # the kernel writes straight into it, one row of values per quantity
     if hs.sha256 is not None or hs.segments is not None:
-        staged = {q: np.empty(hs.rows, np.float64) for q in site.quantities}
+        staged = np.empty((len(names), hs.rows), np.float64)
     for start in range(0, hs.rows, block_rows):
         stop = min(start + block_rows, hs.rows)
         if hs.sha256 is None and stop < hs.rows:  # no hashing pass brings the next blocks in: ask the OS
             ahead.prefetch(site, k, stop, min(stop + ahead_rows, hs.rows))
         h = hs.read(start, stop)
         p = ps.read(start, stop) if ps is not None else None
-        values = site.token_values(h, p, num_threads=num_threads)
+        values = site.token_values(h, p, num_threads=num_threads,
+                                   out=None if staged is None else staged[:, start:stop])
         del h, p  # unmap the block now
         if staged is None:
             stats.update(**values)
-        else:
-            for q, v in staged.items():
-                v[start:stop] = values[q]
         if rows_done is not None:
             rows_done(stop - start)
     hs.release()
@@ -1073,13 +1111,15 @@ def _analyze_shard(site: ActivationSite, k: int, stats: SiteStats, block_rows: i
     if staged is None:
         return
     if hs.sha256 is not None:
-        got = ahead.digest(hs.path)
+        got, identity = ahead.digest(hs.path)
         if got != hs.sha256:
             raise DumpError(hs.path, f"sha256 {got[:16]}... does not match the manifest's "
                                      f"{hs.sha256[:16]}...: the shard is corrupt (none of its rows were "
                                      f"counted)")
+        if hs.record is not None:
+            hs.record.add(hs.path, identity, got)
     for a, b in hs.units(block_rows):
-        stats.update(**{q: v[a:b] for q, v in staged.items()})
+        stats.update(**{q: staged[i, a:b] for i, q in enumerate(names)})
 
 
 # ---------------------------------------------------------------------------------------- command line

@@ -190,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
                                              ".safetensors/.pt arrays or a folder of them")
     ad.add_argument("path", help="dump folder, array file, or folder of array files")
     ad.add_argument("--out", default="geonorm-report", help="report folder (default: geonorm-report)")
-    ad.add_argument("--block-rows", type=int, default=None, help="rows per block (default: ~8 MiB of rows)")
+    ad.add_argument("--block-rows", type=int, default=None, help="rows per block (default: ~32 MiB of rows)")
     ad.add_argument("--bins", type=int, default=180, help="histogram bins over 0-180 degrees (default: 180)")
     ad.add_argument("--threads", type=int, default=None, help="threads for the core (default: all cores)")
     ad.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run the blocks on this Dask scheduler")
-    ad.add_argument("--verify", choices=("sha256", "size"), default="sha256",
-                    help="sha256 (default): check every shard's digest before counting it; size: headers and "
-                         "sizes only (faster, misses bit rot)")
+    ad.add_argument("--verify", choices=("sha256", "rehash", "size"), default="sha256",
+                    help="sha256 (default): check every shard's digest before counting it, trusting a check of "
+                         "the same unchanged file made before; rehash: hash every shard again; size: headers and "
+                         "sizes only")
     ad.add_argument("--partial", action="store_true", help="analyze an interrupted dump's batches")
     ad.set_defaults(run=_analyze_dump)
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .runtime import cache_dir
+
 __all__ = ["MODELS", "ModelInfo", "ModelNotFoundError", "load_model", "model_cache_dir"]
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,15 +109,8 @@ class ModelNotFoundError(ValueError):
     """The name or path given to :func:`load_model` does not resolve to a model on this machine."""
 
 
-def model_cache_dir() -> Path:
-    """Where geonorm keeps files it derives from installed packages (the assembled Gemma-3 GGUF).
-
-    ``$GEONORM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/geonorm``, else ``~/.cache/geonorm``.
-    """
-    if os.environ.get("GEONORM_CACHE_DIR"):
-        return Path(os.environ["GEONORM_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "geonorm"
+#: Where geonorm keeps files it derives from installed packages (the assembled Gemma-3 GGUF).
+model_cache_dir = cache_dir
 
 
 def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu") -> tuple[Any, Any]:

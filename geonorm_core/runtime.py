@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 from ._native import _core
 
@@ -81,3 +82,14 @@ def _apply_env_simd() -> None:
 
 
 _apply_env_simd()
+
+
+def cache_dir() -> Path:
+    """geonorm's cache folder (the assembled Gemma-3 GGUF, the record of verified dump shards).
+
+    ``$GEONORM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/geonorm``, else ``~/.cache/geonorm``.
+    """
+    if os.environ.get("GEONORM_CACHE_DIR"):
+        return Path(os.environ["GEONORM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "geonorm"

@@ -17,6 +17,18 @@ DEFAULT_SIMD = gn.kernel_info()["simd"]
 SIMD_PATHS = tuple(gn.kernel_info()["available"])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _verified_records(tmp_path_factory):
+    """The record of verified dump shards goes to a folder of this session, not the user's cache."""
+    from geonorm_core import digests
+
+    folder = tmp_path_factory.mktemp("verified")
+    saved = digests.cache_dir
+    digests.cache_dir = lambda: folder
+    yield folder
+    digests.cache_dir = saved
+
+
 @pytest.fixture(params=SIMD_PATHS)
 def simd(request):
     """Force one SIMD path for the test, then restore the import-time default."""

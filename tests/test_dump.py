@@ -14,6 +14,7 @@ import pickle
 import struct
 import sys
 import types
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -254,15 +255,83 @@ def test_a_truncated_shard_is_named(bad_dump):
 
 def test_a_sha256_mismatch_is_named_and_nothing_of_it_is_counted(bad_dump):
     victim = shard_files(bad_dump)[-1]
-    with open(victim, "r+b") as f:  # flip one byte of the data, size unchanged
-        f.seek(-10, os.SEEK_END)
-        b = f.read(1)
-        f.seek(-10, os.SEEK_END)
-        f.write(bytes([b[0] ^ 0x40]))
+    flip_a_byte(victim)
     with pytest.raises(DumpError, match="sha256") as err:
         analyze_dump(bad_dump)
     assert err.value.path == str(victim) and "none of its rows were counted" in str(err.value)
     analyze_dump(bad_dump, verify="size")  # the documented fast path does not hash
+
+
+def flip_a_byte(path):
+    with open(path, "r+b") as f:  # size unchanged
+        f.seek(-10, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-10, os.SEEK_END)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def count_hashes(monkeypatch):
+    """The files analyze_dump hashes, as a list that fills up."""
+    from geonorm_core import activations
+
+    hashed = []
+    real = activations.hash_file
+
+    def spy(path, buffer=None):
+        hashed.append(Path(path).name)
+        return real(path, buffer)
+
+    monkeypatch.setattr(activations, "hash_file", spy)
+    return hashed
+
+
+def test_a_shard_hashed_once_is_trusted_until_it_changes(bad_dump, monkeypatch):
+    from geonorm_core import digests
+
+    monkeypatch.setattr(digests, "RACY_SECONDS", 0.0)  # the files were written just now
+    hashed = count_hashes(monkeypatch)
+    first = analyze_dump(bad_dump)
+    n_files = len(shard_files(bad_dump)) + 1  # the shards and the params file
+    assert len(hashed) == n_files
+    hashed.clear()
+    again = analyze_dump(bad_dump)
+    assert hashed == [] and again.to_dict() == first.to_dict()  # trusted, and the same report
+    analyze_dump(bad_dump, verify="rehash")
+    assert len(hashed) == n_files
+    hashed.clear()
+    victim = shard_files(bad_dump)[1]
+    flip_a_byte(victim)  # a write: its ctime moves, so the record no longer vouches for it
+    with pytest.raises(DumpError, match="sha256") as err:
+        analyze_dump(bad_dump)
+    assert hashed == [victim.name] and err.value.path == str(victim)
+
+
+def test_a_shard_changed_just_before_it_was_hashed_is_not_recorded(bad_dump, monkeypatch):
+    """git's racily-clean rule: a write in the same timestamp tick as the hash could go unseen."""
+    hashed = count_hashes(monkeypatch)
+    analyze_dump(bad_dump)  # written < RACY_SECONDS ago: hashed, not recorded
+    hashed.clear()
+    analyze_dump(bad_dump)
+    assert len(hashed) == len(shard_files(bad_dump)) + 1
+
+
+def test_the_record_is_per_file_identity(tmp_path, monkeypatch):
+    from geonorm_core import digests
+
+    monkeypatch.setattr(digests, "RACY_SECONDS", 0.0)
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 100)
+    digest, identity = digests.hash_file(f)
+    rec = digests.VerifiedFiles(tmp_path)
+    rec.add(f, identity, digest)
+    rec.save()
+    rec = digests.VerifiedFiles(tmp_path)  # read back from the cache folder
+    assert rec.known(f, digest) and not rec.known(f, "0" * 64)
+    g = tmp_path / "b.bin"
+    g.write_bytes(b"x" * 100)
+    os.replace(g, f)  # same bytes, another inode: hashed again
+    assert not rec.known(f, digest)
+    assert digests.hash_file(f)[0] == digest
 
 
 @pytest.mark.parametrize("field, value, message", [
