@@ -1,7 +1,8 @@
-"""Builds geonorm's native core: one C translation unit (geonorm.c) with OpenMP
-and per-function SIMD targets, wrapped by Cython.  The build is portable (no
--march=native): the CPU is probed at run time.  GEONORM_NO_OPENMP=1 builds
-without OpenMP (single-threaded) for compilers that lack it."""
+"""Builds geonorm's native core: geonorm.c (the row kernels, with OpenMP and
+per-function SIMD targets) and stats.c (the accumulators' per-block work),
+wrapped by Cython.  The build is portable (no -march=native): the CPU is probed
+at run time.  GEONORM_NO_OPENMP=1 builds without OpenMP (single-threaded) for
+compilers that lack it."""
 import os
 import sys
 
@@ -16,10 +17,10 @@ if sys.platform == "darwin" and openmp:
 
 core = Extension(
     "geonorm_core._native._core",
-    sources=[f"{native}/_core.pyx", f"{native}/geonorm.c"],
+    sources=[f"{native}/_core.pyx", f"{native}/geonorm.c", f"{native}/stats.c"],
     depends=[f"{native}/{h}" for h in
              ("geonorm.h", "dtypes.h", "kernels_scalar.h", "kernels_narrow.h", "kernels_f64.h", "kernels_path.h",
-              "kernels_rows.h")],
+              "kernels_rows.h", "stats.h")],
     include_dirs=[native],
     extra_compile_args=compile_args,
     extra_link_args=openmp,

@@ -22,7 +22,9 @@ Reading order
 5. :class:`SiteStats` -- all quantities of one norm site, plus its metadata.
 6. The random baseline (SCIENCE.md G14) and :func:`compare_to_baseline`.
 
-Only NumPy is needed; SciPy is imported inside the baseline functions.
+The per-block work -- the two passes over a block and the histogram counts --
+is native (``_native/stats.c``); the running state, merging and serialization
+are here.  Only NumPy is needed; SciPy is imported inside the baseline functions.
 
 Example
 -------
@@ -41,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
+
+from ._native import _core
 
 __all__ = [
     "QuantitySpec",
@@ -110,6 +114,12 @@ def _float_or_none(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
+def _values(block: Any) -> np.ndarray:
+    """``block`` as the native code reads it: contiguous 1-D float64 (itself when it already is)."""
+    x = np.ascontiguousarray(block, dtype=np.float64)
+    return x if x.ndim == 1 else x.ravel()
+
+
 class Moments:
     """Streaming count, mean, M2, min and max of a float64 quantity, mergeable.
 
@@ -117,16 +127,19 @@ class Moments:
     (NaN and +-Inf: a single Inf would make the mean and M2 meaningless), the mean,
     ``m2`` = sum of squared deviations from the mean, ``min`` and ``max``.
 
-    A block is reduced on its own with the corrected two-pass algorithm
-    (Bjorck; Chan, Golub & LeVeque 1983)::
+    A block is reduced on its own, natively (``_native/stats.c``), with the
+    corrected two-pass algorithm (Bjorck; Chan, Golub & LeVeque 1983)::
 
         m   = fl(sum(x) / n)                     # first pass
         r   = sum(x - m)                         # second pass: the residual of m
         M2  = sum((x - m)**2) - r**2 / n         # = sum((x - mean)**2) in exact arithmetic
         mean = m + r / n                         # kept as the pair (m, r/n)
 
-    and combined with the running state by Chan, Golub & LeVeque's pairwise
-    formula, which is also :meth:`merge`.  For parts A and B::
+    where each sum adds leaves of 128 values (8 accumulators each) into a
+    compensated total: as accurate as NumPy's pairwise summation, more so for
+    long blocks.  The block is then combined with the running state by Chan,
+    Golub & LeVeque's pairwise formula, which is also :meth:`merge`.  For parts A
+    and B::
 
         n     = n_A + n_B
         delta = mean_B - mean_A
@@ -195,23 +208,14 @@ class Moments:
 
         Non-finite values are skipped and counted in ``nan_count``.
         """
-        x = np.asarray(block, dtype=np.float64).ravel()
-        total = float(x.sum())  # NumPy's pairwise summation
-        if not math.isfinite(total):  # a NaN or Inf inside (or an overflowing sum): mask
-            finite = np.isfinite(x)
-            self.nan_count += x.size - int(np.count_nonzero(finite))
-            x = x[finite]
-            total = float(x.sum())
-        n = x.size
-        if n == 0:
-            return self
-        m = total / n
-        dev = x - m
-        r = float(dev.sum())
-        np.square(dev, out=dev)
-        m2 = max(float(dev.sum()) - r * r / n, 0.0)
-        self._combine(n, m, r / n, m2, float(x.min()), float(x.max()))
+        self._add_block(*_core.block_moments(_values(block)))
         return self
+
+    def _add_block(self, n: int, nan_count: int, m: float, r: float, m2: float, lo: float, hi: float) -> None:
+        """Fold in one block's native statistics (stats.h's gn_block_stats): n finite values, mean m + r/n."""
+        self.nan_count += nan_count
+        if n:
+            self._combine(n, m, r / n, m2, lo, hi)
 
     def merge(self, other: Moments) -> Moments:
         """Fold ``other`` into self (Chan's pairwise formula); return self."""
@@ -283,10 +287,11 @@ class Histogram:
     against the exact ``edges`` array (as ``np.histogram`` does); the last bin also
     holds v == hi.  ``underflow`` counts v < lo (including -Inf), ``overflow``
     v > hi (including +Inf), ``nan`` counts NaN.  Counts are int64, so merging is
-    exact; two histograms merge only when lo, hi and bins are identical.
+    exact; two histograms merge only when lo, hi and bins are identical.  The
+    counting is native (``_native/stats.c``).
     """
 
-    __slots__ = ("lo", "hi", "bins", "counts", "underflow", "overflow", "nan", "_edges", "_upper")
+    __slots__ = ("lo", "hi", "bins", "counts", "underflow", "overflow", "nan", "_edges")
 
     def __init__(self, lo: float, hi: float, bins: int) -> None:
         lo, hi = float(lo), float(hi)
@@ -301,7 +306,6 @@ class Histogram:
         self.nan = 0
         self._edges = np.linspace(lo, hi, self.bins + 1)
         self._edges.flags.writeable = False
-        self._upper = np.append(self._edges[1:-1], math.inf)  # bin k's upper edge; the last bin is closed
 
     @property
     def edges(self) -> np.ndarray:
@@ -318,27 +322,21 @@ class Histogram:
                 f"underflow={self.underflow}, overflow={self.overflow}, nan={self.nan})")
 
     def update(self, block: Any) -> Histogram:
-        """Count every value of ``block`` (any shape, converted to float64); return self."""
-        v = np.asarray(block, dtype=np.float64).ravel()
-        if v.size == 0:
-            return self
-        if not (self.lo <= v.min() and v.max() <= self.hi):  # False with a NaN too: sort out the rest
-            isnan = np.isnan(v)
-            below = v < self.lo
-            above = v > self.hi
-            self.nan += int(np.count_nonzero(isnan))
-            self.underflow += int(np.count_nonzero(below))
-            self.overflow += int(np.count_nonzero(above))
-            v = v[~(isnan | below | above)]
-            if v.size == 0:
-                return self
-        idx = ((v - self.lo) * (self.bins / (self.hi - self.lo))).astype(np.intp)
-        np.minimum(idx, self.bins - 1, out=idx)  # v == hi
-        # the arithmetic index can be off by one near an edge; settle it against the edges
-        idx -= v < self._edges[idx]
-        idx += v >= self._upper[idx]
-        self.counts += np.bincount(idx, minlength=self.bins)
+        """Count every value of ``block`` (any shape, converted to float64); return self.
+
+        The rule: for lo <= v <= hi, the arithmetic index ``(v - lo) * (bins / (hi - lo))``,
+        truncated and clamped to the last bin, settled against the edges, where it
+        can be one off.  (The native code skips the settling where the index is
+        clearly inside a bin; the result is the same.)
+        """
+        x = _values(block)
+        self._add_outside(*_core.histogram_add(x, self.lo, self.hi, self._edges, self.counts, False))
         return self
+
+    def _add_outside(self, underflow: int, overflow: int, nan: int) -> None:
+        self.underflow += underflow
+        self.overflow += overflow
+        self.nan += nan
 
     def _check_same_bins(self, other: Histogram) -> None:
         if not isinstance(other, Histogram):
@@ -483,13 +481,17 @@ class Quantity:
         return f"Quantity({self.name!r}, {self.moments!r})"
 
     def update(self, block: Any) -> Quantity:
-        """Add a block of values (any shape) to the moments and the histogram; return self."""
-        v = np.asarray(block, dtype=np.float64)
-        self.moments.update(v)
-        if self.scale == "log10":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                v = np.log10(v)
-        self.histogram.update(v)
+        """Add a block of values (any shape) to the moments and the histogram; return self.
+
+        One native call does both.  A log10 quantity's histogram counts the C
+        library's log10 of each value (NumPy's ``np.log10`` may differ from it in
+        the last bit, so a value within an ulp of an edge could land in the next bin).
+        """
+        h = self.histogram
+        n, nan_count, m, r, m2, lo, hi, h_under, h_over, h_nan = _core.quantity_add(
+            _values(block), h.lo, h.hi, h._edges, h.counts, self.spec.scale == "log10")
+        self.moments._add_block(n, nan_count, m, r, m2, lo, hi)
+        h._add_outside(h_under, h_over, h_nan)
         return self
 
     def merge(self, other: Quantity) -> Quantity:

@@ -20,7 +20,7 @@ foreign file's ``block_rows`` blocks; a dask array's chunks) into the site's
 accumulators one after the other.  This module keeps that order by construction:
 
 * a task runs ``SiteStats.update`` on each of its units with a recording
-  :class:`~geonorm_core.accumulate.Moments` (:class:`_Recorder`), so NumPy's
+  :class:`~geonorm_core.accumulate.Moments` (:class:`_Recorder`), so the block
   sums and the two-pass arithmetic are Moments' own, and keeps the values
   ``Moments._combine`` would have folded in (count, mean, mean_lo, M2, min, max);
 * a chain of fold tasks replays those records in unit order into one

@@ -255,6 +255,258 @@ def test_histogram_quantile(rng):
         h.quantile(1.5)
 
 
+# ------------------------------------------------------------------ the native kernels against the slow twin
+#
+# Moments.update, Histogram.update and Quantity.update run native code
+# (_native/stats.c).  The slow twin below is the NumPy code they ran before; it
+# is the oracle.  Histogram counts must be identical to it; sums may round
+# differently, so the moments are held to math.fsum instead.
+
+
+def twin_moments(x) -> tuple:
+    """(count, nan_count, m, r, m2, min, max) of one block, as the NumPy code computed them."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    finite = np.isfinite(x)
+    nan_count = x.size - int(np.count_nonzero(finite))
+    x = x[finite]
+    n = x.size
+    if n == 0:
+        return 0, nan_count, 0.0, 0.0, 0.0, math.inf, -math.inf
+    m = float(x.sum()) / n  # NumPy's pairwise summation
+    dev = x - m
+    r = float(dev.sum())
+    m2 = max(float(np.sum(dev * dev)) - r * r / n, 0.0)
+    return n, nan_count, m, r, m2, float(x.min()), float(x.max())
+
+
+def twin_histogram(v, lo: float, hi: float, bins: int) -> tuple[list, int, int, int]:
+    """(counts, underflow, overflow, nan) by Histogram.update's NumPy rule."""
+    v = np.asarray(v, dtype=np.float64).ravel()
+    edges = np.linspace(lo, hi, bins + 1)
+    upper = np.append(edges[1:-1], math.inf)  # the last bin is closed
+    isnan, below, above = np.isnan(v), v < lo, v > hi
+    v = v[~(isnan | below | above)]
+    idx = ((v - lo) * (bins / (hi - lo))).astype(np.intp)
+    np.minimum(idx, bins - 1, out=idx)
+    idx -= v < edges[idx]
+    idx += v >= upper[idx]
+    counts = np.bincount(idx, minlength=bins).tolist()
+    return counts, int(np.count_nonzero(below)), int(np.count_nonzero(above)), int(np.count_nonzero(isnan))
+
+
+def libm_log10(x) -> np.ndarray:
+    """log10 as the C library gives it, which the native log10 histograms use (math.log10 calls it,
+    but raises where C returns -inf or NaN).  NumPy's own log10 may differ from it in the last bit."""
+    return np.array([math.log10(v) if v > 0 else (-math.inf if v == 0 else math.nan) for v in np.ravel(x)])
+
+
+def counted(h: Histogram) -> tuple[list, int, int, int]:
+    return h.counts.tolist(), h.underflow, h.overflow, h.nan
+
+
+def in_blocks(x: np.ndarray, update) -> None:
+    """Feed x in blocks of awkward lengths: around the native code's groups of 2 and 8, its leaves of 128
+    and its chunks of 256 values."""
+    start = 0
+    for size in (1, 2, 3, 7, 9, 255, 256, 257, 513):
+        update(x[start:start + size])
+        start += size
+    update(x[start:])
+
+
+EDGE_CASES = (0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1e-300, 1e300, -1e300,
+              1.7976931348623157e308, -1.7976931348623157e308, math.inf, -math.inf, math.nan)
+HIST_RANGES = sorted({(s.lo, s.hi, s.bins) for s in QUANTITIES.values()}) + [
+    (0.0, 180.0, 1800), (0.1, 0.7, 7), (0.0, 1.0, 1), (-1000.0, 1000.0, 999), (1e8, 1e8 + 1, 10),
+    (-2.0**-30, 2.0**-30, 64), (1e13, 1e13 + 1, 7)]  # the last is too narrow for the fast path
+
+
+def nasty_values(rng, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Every edge and its neighbours one and two ulps away, points around the native fast path's
+    slack (1e-6 of a bin) on both sides of every edge, bin centres, lo, hi, the edge cases, and
+    random values over [lo - 2 bins, hi + 2 bins]; shuffled."""
+    e = np.linspace(lo, hi, bins + 1)
+    w = (hi - lo) / bins
+    up1, down1 = np.nextafter(e, np.inf), np.nextafter(e, -np.inf)
+    parts = [e, up1, down1, np.nextafter(up1, np.inf), np.nextafter(down1, -np.inf), (e[:-1] + e[1:]) / 2,
+             np.array([lo, hi, *EDGE_CASES]), rng.uniform(lo - 2 * w, hi + 2 * w, 2000)]
+    parts += [e + f * w for f in (1e-9, 5e-7, 1e-6, 2e-6, 4e-6, 1e-4)]
+    parts += [e - f * w for f in (1e-9, 5e-7, 1e-6, 2e-6, 4e-6, 1e-4)]
+    x = np.concatenate(parts)
+    return x[rng.permutation(x.size)]
+
+
+@pytest.mark.parametrize("lo, hi, bins", HIST_RANGES)
+def test_native_histogram_equals_the_slow_twin_on_nasty_values(rng, lo, hi, bins):
+    x = nasty_values(rng, lo, hi, bins)
+    h = Histogram(lo, hi, bins)
+    in_blocks(x, h.update)
+    assert counted(h) == twin_histogram(x, lo, hi, bins)
+    assert h.total + h.nan == x.size
+
+
+def log10_crossings(edges: np.ndarray) -> np.ndarray:
+    """For every edge e, the smallest double x with log10(x) >= e (C's log10) and the double below it."""
+    out = []
+    for e in edges:
+        x = 10.0 ** e
+        while math.log10(x) >= e:
+            x = np.nextafter(x, 0.0)
+        while math.log10(x) < e:
+            x = np.nextafter(x, math.inf)
+        out += [x, np.nextafter(x, 0.0)]
+    return np.array(out)
+
+
+LOG_RANGES = sorted({(s.lo, s.hi, s.bins) for s in QUANTITIES.values() if s.scale == "log10"}) + [
+    (-3.0, 6.0, 1800), (-1.0, 1.0, 3), (-306.0, 306.0, 612),
+    (-320.0, 10.0, 33)]  # reaches into the subnormals: every value takes the exact log10
+
+
+@pytest.mark.parametrize("lo, hi, bins", LOG_RANGES)
+def test_native_log10_histogram_equals_the_slow_twin_on_nasty_values(rng, lo, hi, bins):
+    e = np.linspace(lo, hi, bins + 1)
+    w = (hi - lo) / bins
+    x = np.concatenate([10.0 ** e, log10_crossings(e), np.array(EDGE_CASES), [-1.0, -1e-3, 1e-3, 1e6],
+                        10.0 ** np.concatenate([e + f * w for f in (-1e-4, -3e-5, -1e-5, 1e-5, 3e-5, 1e-4)]),
+                        10.0 ** rng.uniform(lo - 1, hi + 1, 2000), -(10.0 ** rng.uniform(lo, hi, 50))])
+    x = x[rng.permutation(x.size)]
+    q = Quantity("norm_hidden", lo=lo, hi=hi, bins=bins)
+    in_blocks(x, q.update)
+    assert counted(q.histogram) == twin_histogram(libm_log10(x), lo, hi, bins)
+    assert q.moments.count + q.moments.nan_count == x.size
+
+
+def test_native_log10_histogram_equals_the_numpy_code_on_plain_data(rng):
+    """Away from edges, C's log10 and NumPy's (which may differ in the last bit) bin alike."""
+    x = np.concatenate([rng.lognormal(3, 1, 5000), rng.lognormal(2, 4, 5000), [0.0, -1.0, np.nan, np.inf]])
+    q = Quantity("max_abs_hidden").update(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert counted(q.histogram) == twin_histogram(np.log10(x), -3.0, 6.0, 180)
+
+
+def test_log10_guess_error_is_below_its_bound(rng):
+    from geonorm_core._native import _core
+    bound = 6e-7  # GN_LOG10_GUESS_ERR in stats.h
+    exps = np.repeat(np.arange(-1022, 1024), 8)
+    mant = np.concatenate([rng.uniform(1.0, 2.0, exps.size - 6), [1.0, np.nextafter(2.0, 0), math.sqrt(2),
+                                                                  np.nextafter(math.sqrt(2), 0),
+                                                                  math.sqrt(0.5) * 2, 1.999]])
+    x = np.ldexp(mant, exps)
+    x = x[np.isfinite(x) & (x >= np.finfo(np.float64).tiny)]
+    err = max(abs(_core.log10_guess(v) - math.log10(v)) for v in x)
+    assert err < bound
+    assert err > bound / 10  # the bound is about the real error, not far above it
+
+
+def test_log10_guess_of_other_inputs_stays_out_of_any_trusted_range(rng):
+    """The fast path trusts a guess only inside [lo, hi] with lo > -307, hi < 307 (stats.c, part 5):
+    zero, negative, subnormal, infinite and NaN inputs must guess outside that."""
+    from geonorm_core._native import _core
+    u64 = np.uint64
+    bits = np.concatenate([rng.integers(0, 1 << 52, 5000, dtype=u64),  # +0 and subnormals
+                           rng.integers(1 << 63, 2**64 - 1, 5000, dtype=u64, endpoint=True),  # negatives
+                           rng.integers(0x7FF0000000000000, 2**63 - 1, 5000, dtype=u64, endpoint=True),  # Inf, NaN
+                           np.array([0, 1, (1 << 52) - 1, 1 << 63, 0x7FF0000000000000], dtype=u64)])
+    g = np.array([_core.log10_guess(v) for v in bits.view(np.float64)])
+    assert np.all((g < -307.6) | (g > 308.0))
+
+
+def test_native_histogram_wrapper_checks_lengths():
+    from geonorm_core._native import _core
+    x = np.zeros(3)
+    with pytest.raises(ValueError, match="bins"):
+        _core.histogram_add(x, 0.0, 1.0, np.linspace(0, 1, 4), np.zeros(4, np.int64), False)
+    with pytest.raises(ValueError, match="bins"):
+        _core.quantity_add(x, 0.0, 1.0, np.zeros(1), np.zeros(0, np.int64), True)
+
+
+def moments_tuple(x) -> tuple:
+    from geonorm_core._native import _core
+    return _core.block_moments(np.ascontiguousarray(x, dtype=np.float64))
+
+
+def hard_blocks(rng) -> dict:
+    n = 1_000_000
+    mixed = rng.normal(3, 2, 5000)
+    mixed[rng.choice(5000, 300, replace=False)] = rng.choice([np.nan, np.inf, -np.inf], 300)
+    return {
+        "mean 1e8 SD, 1e6 values": 1e8 + rng.standard_normal(n),
+        "mean -1e12 SD": -1e12 * (1 + 1e-12 * rng.standard_normal(10_001)),
+        "mixed NaN and Inf": mixed,
+        "tiny and huge": np.concatenate([rng.normal(0, 1e-200, 100), rng.normal(0, 1e100, 100)]),
+        "single": np.array([3.25]),
+        "two": np.array([1e8, 1e8 + 1]),
+        "constant": np.full(1001, 0.1),
+        "Inf only in the tail group": np.concatenate([rng.random(133), [np.inf]]),
+    }
+
+
+@pytest.mark.parametrize("case", ["mean 1e8 SD, 1e6 values", "mean -1e12 SD", "mixed NaN and Inf",
+                                  "tiny and huge", "single", "two", "constant", "Inf only in the tail group"])
+def test_native_moments_match_fsum(rng, case):
+    x = hard_blocks(rng)[case]
+    finite = x[np.isfinite(x)]
+    n, nan_count, m, r, m2, lo, hi = moments_tuple(x)
+    assert (n, nan_count, lo, hi) == (finite.size, x.size - finite.size, finite.min(), finite.max())
+    exact_mean, exact_m2 = fsum_moments(finite)
+    ulp = np.spacing(max(abs(lo), abs(hi)))  # of the data: the mean may cancel to far less
+    assert abs(m + r / n - exact_mean) <= 2 * ulp
+    assert abs(m2 - exact_m2) <= 1e-14 * exact_m2 + 1e-300
+    # and so does the whole Moments, within a few ulps of the one-shot result
+    mom = Moments().update(x)
+    assert (mom.count, mom.nan_count, mom.min, mom.max) == (n, nan_count, lo, hi)
+    assert abs(mom.mean - exact_mean) <= 2 * ulp
+    # the slow twin (NumPy's pairwise sums) is as close or further
+    tn, tnan, _, _, tm2, tlo, thi = twin_moments(x)
+    assert (tn, tnan, tlo, thi) == (n, nan_count, lo, hi)
+    assert abs(m2 - exact_m2) <= max(abs(tm2 - exact_m2), 1e-15 * exact_m2) * 4 + 1e-300
+
+
+@pytest.mark.parametrize("x", [np.array([]), np.full(5, np.nan), np.array([np.inf, -np.inf, np.nan])],
+                         ids=["empty", "all NaN", "no finite value"])
+def test_native_moments_of_no_finite_value(x):
+    assert moments_tuple(x) == (0, x.size, 0.0, 0.0, 0.0, math.inf, -math.inf) == twin_moments(x)
+
+
+def test_native_moments_of_every_short_length(rng):
+    """Lengths 0..300 and their tails: NaN padding, masked and unmasked groups."""
+    for size in range(301):
+        x = rng.normal(5, 3, size)
+        if size % 3 == 1:
+            x[rng.integers(size)] = np.nan
+        finite = x[np.isfinite(x)]
+        n, nan_count, m, r, m2, lo, hi = moments_tuple(x)
+        assert (n, nan_count) == (finite.size, x.size - finite.size)
+        if n:
+            exact_mean, exact_m2 = fsum_moments(finite)
+            assert (lo, hi) == (finite.min(), finite.max())
+            assert abs(m + r / n - exact_mean) <= 4 * np.spacing(8.0)
+            assert abs(m2 - exact_m2) <= 1e-14 * exact_m2 + 1e-300
+
+
+def test_native_moments_skip_non_finite_values_exactly(rng):
+    """Appending NaN or Inf sends the block through the masked passes, which leave the other values'
+    sums untouched: the same bits."""
+    x = 1e8 + rng.standard_normal(1001)
+    ref = moments_tuple(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        got = moments_tuple(np.append(x, bad))
+        assert got[1] == 1 and got[:1] + got[2:] == ref[:1] + ref[2:]
+
+
+def test_native_updates_take_any_shape_and_dtype():
+    x = (np.arange(48, dtype=np.float32).reshape(4, 3, 4)[:, ::2] - 10) * 7.5
+    flat = x.astype(np.float64).ravel()
+    for make in (lambda: Histogram(-30, 300, 33), lambda: Quantity("norm_hidden"),
+                 lambda: Quantity("rotation"), Moments):
+        a, b = make().update(x), make().update(flat)
+        assert a.to_dict() == b.to_dict()
+        assert make().update(list(flat)).to_dict() == b.to_dict()
+        big_endian = flat.astype(">f8")
+        assert make().update(big_endian).to_dict() == b.to_dict()
+
+
 # ------------------------------------------------------------------ quantities and sites
 
 

@@ -1,5 +1,7 @@
 # Type stubs for the Cython wrapper (_core.pyx).  Row specs are
 # (address, n0, n1, d, s0, s1, sd, dtype) tuples built by geonorm_core._arrays.
+import numpy as np
+
 RowSpec = tuple[int, int, int, int, int, int, int, int]
 
 SIMD_PATHS: tuple[str, str, str]
@@ -18,3 +20,12 @@ def normalize(kind: int, x: RowSpec, out: RowSpec, weight: int, bias: int, eps: 
 def ln_rms_gap(x: RowSpec, weight: int, bias: int, eps: float, out: int, nthreads: int) -> None: ...
 def site_values(x: RowSpec, y: RowSpec | None, weight: int, bias: int, eps: float, out: int, qstride: int,
                 nthreads: int) -> None: ...
+
+# ---- accumulators (stats.c): x is contiguous float64, edges the histogram's bins + 1 edges,
+# counts its int64 counters (added to in place).
+def block_moments(x: np.ndarray) -> tuple[int, int, float, float, float, float, float]: ...
+def histogram_add(x: np.ndarray, lo: float, hi: float, edges: np.ndarray, counts: np.ndarray,
+                  take_log10: bool) -> tuple[int, int, int]: ...
+def quantity_add(x: np.ndarray, lo: float, hi: float, edges: np.ndarray, counts: np.ndarray,
+                 take_log10: bool) -> tuple[int, int, float, float, float, float, float, int, int, int]: ...
+def log10_guess(x: float) -> float: ...

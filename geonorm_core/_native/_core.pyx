@@ -123,3 +123,71 @@ def site_values(tuple x, y, uintptr_t weight, uintptr_t bias, double eps, uintpt
                             nthreads)
     if rc:
         raise MemoryError("geonorm: no memory for a scratch row")
+
+
+# ---- accumulators (stats.c)
+#
+# What one block adds to accumulate.py's Moments, Histogram and Quantity.  The
+# caller passes contiguous float64 values, the histogram's own edges (bins + 1
+# of them, np.linspace(lo, hi, bins + 1)) and its int64 counts (added to in
+# place).  Only the lengths of edges and counts are checked: a mismatch would
+# write out of bounds.
+
+cdef extern from "stats.h" nogil:
+    ctypedef struct gn_block_stats:
+        int64_t count, nan_count
+        double m, r, m2, min, max
+    ctypedef struct gn_histogram:
+        double lo, hi
+        int64_t bins
+        const double *edges
+        int64_t *counts
+        int64_t underflow, overflow, nan
+    void gn_block_moments(const double *x, int64_t n, gn_block_stats *out)
+    void gn_histogram_add(gn_histogram *h, const double *x, int64_t n, int take_log10)
+    void gn_quantity_add(const double *x, int64_t n, int take_log10, gn_block_stats *out, gn_histogram *h)
+    double gn_log10_guess(double x)
+
+
+cdef inline gn_histogram _histogram(double lo, double hi, const double[::1] edges,
+                                    int64_t[::1] counts) except *:
+    cdef gn_histogram h
+    if counts.shape[0] < 1 or edges.shape[0] != counts.shape[0] + 1:
+        raise ValueError(f"histogram: need bins >= 1 counts and bins + 1 edges, got {counts.shape[0]} "
+                         f"and {edges.shape[0]}")
+    h.lo, h.hi, h.bins = lo, hi, counts.shape[0]
+    h.edges, h.counts = &edges[0], &counts[0]
+    h.underflow = h.overflow = h.nan = 0
+    return h
+
+
+def block_moments(const double[::1] x):
+    """(count, nan_count, m, r, m2, min, max) of one block (stats.h's gn_block_stats)."""
+    cdef gn_block_stats m
+    with nogil:
+        gn_block_moments(&x[0], x.shape[0], &m)
+    return m.count, m.nan_count, m.m, m.r, m.m2, m.min, m.max
+
+
+def histogram_add(const double[::1] x, double lo, double hi, const double[::1] edges, int64_t[::1] counts,
+                  bint take_log10):
+    """Count x (or log10(x)) into counts; return the (underflow, overflow, nan) it adds."""
+    cdef gn_histogram h = _histogram(lo, hi, edges, counts)
+    with nogil:
+        gn_histogram_add(&h, &x[0], x.shape[0], take_log10)
+    return h.underflow, h.overflow, h.nan
+
+
+def quantity_add(const double[::1] x, double lo, double hi, const double[::1] edges, int64_t[::1] counts,
+                 bint take_log10):
+    """block_moments(x) + histogram_add(x, ...) in one call: a 10-tuple."""
+    cdef gn_histogram h = _histogram(lo, hi, edges, counts)
+    cdef gn_block_stats m
+    with nogil:
+        gn_quantity_add(&x[0], x.shape[0], take_log10, &m, &h)
+    return m.count, m.nan_count, m.m, m.r, m.m2, m.min, m.max, h.underflow, h.overflow, h.nan
+
+
+def log10_guess(double x):
+    """The log10 histograms' first guess at log10(x), for the tests (positive normal x only)."""
+    return gn_log10_guess(x)
