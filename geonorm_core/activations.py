@@ -34,18 +34,21 @@ before a single row is read, everything that costs no full read: each shard's
 size and safetensors header against the manifest (rows, d, dtype, byte
 ranges), the shapes and dtypes of foreign arrays, and that the dump finished.
 
-``verify="sha256"`` (the default) also hashes every shard file of a geonorm
-dump.  Helper threads read each file once, sequentially, a few shards ahead of
-the computation -- so the hash doubles as the read-ahead -- while the main
-thread computes on the shard before.  A shard's per-token values (56 bytes a
-token, against its 2 d itemsize bytes of vectors) are staged and folded into
-the site's statistics only after its digest matched: a corrupt shard raises
-:class:`DumpError` naming it, and nothing of it has been counted.  sha256 costs
-about as much CPU as the kernels (~0.5 s per GB and core with SHA-NI), so on a
-2-core machine it halves the throughput; ``verify="size"`` skips it and still
-catches truncation, a manifest that disagrees with a shard, unknown dtypes and
-shapes -- everything but bytes changed in place.  Foreign files carry no
-digest: for them the two are the same.
+``verify="sha256"`` (the default) also checks every shard file of a geonorm
+dump against the manifest's sha256.  Helper threads hash each file once,
+sequentially, a few shards ahead of the computation -- so the hash doubles as
+the read-ahead -- while the main thread computes on the shard before.  A
+shard's per-token values (56 bytes a token, against its 2 d itemsize bytes of
+vectors) are staged and folded into the site's statistics only after its
+digest matched: a corrupt shard raises :class:`DumpError` naming it, and
+nothing of it has been counted.  sha256 costs ~0.5 s of CPU per GB, several
+times the analysis when the files come from the page cache, so a file that
+hashed right is recorded with its identity and change times
+(:mod:`geonorm_core.digests`, as git's index does) and trusted while it stays
+unchanged; ``verify="rehash"`` hashes every shard again.  ``verify="size"``
+skips the digests and still catches truncation, a manifest that disagrees with
+a shard, unknown dtypes and shapes -- everything but bytes changed in place.
+Foreign files carry no digest: for them the three are the same.
 
 The staged values are also replayed into the accumulators in the blocks the
 live hooks fed them (the manifest records those row counts), so a dump's report

@@ -77,21 +77,29 @@ class VerifiedFiles:
     """The files of one dump already hashed to their manifest digest (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root).resolve()
-        key = hashlib.sha256(str(self.root).encode()).hexdigest()[:24]
-        self.path = cache_dir() / f"verified-{key}.json"
+        self.root = Path(root)
+        resolved = str(self.root.resolve())
+        self.path = cache_dir() / f"verified-{hashlib.sha256(resolved.encode()).hexdigest()[:24]}.json"
+        self._resolved = resolved
         self._files: dict[str, list] = {}
         self._dirty = False
         try:
             data = json.loads(self.path.read_text())
-            if data.get("version") == _VERSION and data.get("root") == str(self.root):
+            if data.get("version") == _VERSION and data.get("root") == resolved:
                 self._files = dict(data["files"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # no record yet, or an unreadable one: start afresh
 
+    def _key(self, path: str | os.PathLike) -> str:
+        """A file's name in the record: its path inside the dump (its full path if outside)."""
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return str(Path(path).resolve())
+
     def known(self, path: str | os.PathLike, sha256: str) -> bool:
         """Whether ``path`` hashed to ``sha256`` before and has not changed since."""
-        entry = self._files.get(str(Path(path).resolve()))
+        entry = self._files.get(self._key(path))
         if entry is None or entry[5] != sha256:
             return False
         try:
@@ -103,7 +111,7 @@ class VerifiedFiles:
         """Record that ``path``, with ``identity`` (from :func:`hash_file`; None: do not record), hashed
         to ``sha256``."""
         if identity is not None:
-            self._files[str(Path(path).resolve())] = [*identity, sha256]
+            self._files[self._key(path)] = [*identity, sha256]
             self._dirty = True
 
     def save(self) -> None:
@@ -117,7 +125,7 @@ class VerifiedFiles:
             return
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump({"version": _VERSION, "root": str(self.root), "files": self._files}, f)
+                json.dump({"version": _VERSION, "root": self._resolved, "files": self._files}, f)
             os.replace(tmp, self.path)
             self._dirty = False
         except OSError:
