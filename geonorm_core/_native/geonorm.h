@@ -44,10 +44,11 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
                  const void *bias, double eps, int nthreads);
 
 /* The per-token quantities of one norm site (geonorm_core.measure), in this order:
- * quantity q of row r is out[q * qstride + r].  Each is bitwise what the op of its
- * own gives (decompose of x and y, gn_ln_rms_gap of x, gn_rotation of x and y), but
- * a row pair is read from memory once for all of them.  y (the norm's output) may
- * be NULL: then only the first four are written. */
+ * quantity q of row r is out[q * qstride + r].  A row pair is read from memory once
+ * for all of them: 16/32-bit rows are summed in float64 in one pass each, which
+ * gives the angles, norms, max and the gap (bitwise gn_ln_rms_gap's) and the norms
+ * of the rotation's Kahan pass; other rows take the ops' row functions.  y (the
+ * norm's output) may be NULL: then only the first four are written. */
 enum { GN_ANGLE_HIDDEN = 0, GN_NORM_HIDDEN, GN_MAX_ABS_HIDDEN, GN_LN_RMS_GAP, GN_ANGLE_POST, GN_NORM_POST,
        GN_ROTATION, GN_NSITE };
 int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias, double eps,
