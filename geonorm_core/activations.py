@@ -257,7 +257,7 @@ class FileShard(Shard):
             mm = mmap.mmap(fd, hi - base, offset=base, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
-        if _SEQUENTIAL is not None:  # larger fault-around and read-ahead: the kernels read it in order
+        if _SEQUENTIAL is not None:  # the kernels read it in order: aggressive read-ahead on faults
             mm.madvise(_SEQUENTIAL)
         return np.frombuffer(mm, self.dtype, count=n * self.d, offset=lo - base).reshape(n, self.d)
 
