@@ -128,8 +128,8 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 }
 _READABLE = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
-#: The quantities of a site with no post-norm vectors.
-HIDDEN_QUANTITIES = ("angle_hidden", "norm_hidden", "max_abs_hidden", "ln_rms_gap")
+#: The quantities of a site with no post-norm vectors (measure.token_values' hidden side).
+HIDDEN_QUANTITIES = quantity_names(False)
 
 #: eps of the LN-RMS gap (G9) where the source does not say (torch's LayerNorm default).
 DEFAULT_EPS = 1e-5

@@ -858,8 +858,16 @@ static double gn_gap_from_stats(const gn_gap_layer *L, const gn_row_stats *st)
     return sqrt(num / den);
 }
 
+/* One row's LN-RMS gap (G9) by the exact float64 row function; `wide`: d doubles. */
+static double gn_row_gap_exact(const gn_rowops *ops, const gn_gap_layer *L, int dtype, const char *row, int64_t d,
+                               double *wide)
+{
+    int ex;
+    return ops->widen(dtype, row, d, wide, &ex) >= 0 ? ops->gap(wide, d, ex, L->w, L->b, L->eps) : NAN;
+}
+
 /* One row's LN-RMS gap (G9): from one float64 pass for 16/32-bit rows, else (and
- * whenever that declines) the exact float64 row function; `wide`: d doubles. */
+ * whenever that declines) the exact row function; `wide`: d doubles. */
 static double gn_row_gap(const gn_kernels *k, const gn_rowops *ops, const gn_gap_layer *L, int dtype,
                          const char *row, int64_t d, double *wide)
 {
@@ -868,8 +876,7 @@ static double gn_row_gap(const gn_kernels *k, const gn_rowops *ops, const gn_gap
         const double g = gn_gap_from_stats(L, &st);
         if (!isnan(g)) return g;
     }
-    int ex;
-    return ops->widen(dtype, row, d, wide, &ex) >= 0 ? ops->gap(wide, d, ex, L->w, L->b, L->eps) : NAN;
+    return gn_row_gap_exact(ops, L, dtype, row, d, wide);
 }
 
 /* angle with 1 (degrees) and norm of a row from its statistics, as gn_row_decompose
@@ -982,7 +989,7 @@ int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, con
             const int fx = x->dtype != GN_F64 && gn_row_stats64(k, ops, &L, x->dtype, xr, d, &sx);
             const int fy = y && y->dtype != GN_F64 && gn_row_stats64(k, ops, NULL, y->dtype, yr, d, &sy);
             double gap = fx ? gn_gap_from_stats(&L, &sx) : NAN;
-            if (isnan(gap)) gap = gn_row_gap(k, ops, &L, x->dtype, xr, d, scratch);
+            if (isnan(gap)) gap = gn_row_gap_exact(ops, &L, x->dtype, xr, d, scratch); /* no stats, or they declined */
             o[GN_LN_RMS_GAP * qstride] = gap;
             if (fx) {
                 gn_angle_norm(&sx, d, &o[GN_ANGLE_HIDDEN * qstride], &o[GN_NORM_HIDDEN * qstride]);
