@@ -30,6 +30,6 @@ setup(
     ext_modules=cythonize([core], language_level=3),
     # proofs/ lives at the top of the repository but installs inside the package,
     # so no generic top-level name lands in a user's site-packages.
-    packages=["geonorm_core", "geonorm_core._native", "geonorm_core.proofs"],
+    packages=["geonorm_core", "geonorm_core._native", "geonorm_core.cli", "geonorm_core.dumps", "geonorm_core.proofs"],
     package_dir={"geonorm_core.proofs": "proofs"},
 )

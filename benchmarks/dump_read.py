@@ -55,7 +55,7 @@ def write_synthetic_dump(root: Path, gb: float, *, d: int = 576, dtype: str = "f
     """
     import ml_dtypes
 
-    from geonorm_core.dumping import DumpWriter
+    from geonorm_core.dumps.writing import DumpWriter
 
     dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
     rng = np.random.default_rng(0)
@@ -112,7 +112,7 @@ def compute_only(root: Path, num_threads: int | None) -> float:
     """Seconds analyze_dump's compute takes on these rows with no I/O: each site's first shard, from RAM,
     fed as analyze_dump feeds it, scaled to the dump's row count."""
     from geonorm_core import get_num_threads
-    from geonorm_core.activations import open_activations
+    from geonorm_core.dumps import open_activations
     from geonorm_core.measure import quantity_names
 
     if num_threads is None:  # analyze_dump's default with nothing to hash
@@ -137,8 +137,8 @@ def compute_only(root: Path, num_threads: int | None) -> float:
 
 
 def throughput(gb: float, d: int, dtype: str, repeats: int, workdir: Path, num_threads: int | None) -> dict:
-    from geonorm_core.activations import analyze_dump
-    from geonorm_core.digests import RACY_SECONDS
+    from geonorm_core.dumps import analyze_dump
+    from geonorm_core.dumps.verify import RACY_SECONDS
 
     os.environ["GEONORM_CACHE_DIR"] = str(workdir / "cache")  # the record of verified shards: ours alone
     root = workdir / f"dump-{gb:g}gb-{dtype}-{d}"
@@ -189,7 +189,7 @@ def vm(key):  # this process's own counters: VmHWM is per address space, reset b
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
 
-from geonorm_core.activations import analyze_dump
+from geonorm_core.dumps import analyze_dump
 before = vm("VmHWM")
 report = analyze_dump(sys.argv[1])
 print(json.dumps({"rss_before_mb": before, "rss_peak_mb": vm("VmHWM"), "rss_end_mb": vm("VmRSS"),

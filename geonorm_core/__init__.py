@@ -11,7 +11,7 @@ speed of memory.
 >>> gn.layer_norm(x, w, b), gn.rms_norm(x, g), gn.remove_uniform(x)
 """
 from .accumulate import Histogram, Moments, Quantity, SiteStats
-from .activations import ActivationSite, DumpError, analyze_dump, open_activations
+from .dumps import ActivationSite, DumpError, analyze_dump, open_activations
 from .ops import Decomposition, decompose, layer_norm, ln_rms_gap, remove_uniform, rms_norm, rotation
 from .report import Report
 from .runtime import get_num_threads, kernel_info, set_num_threads
@@ -29,7 +29,7 @@ __all__ = [
 # These need torch (and transformers): imported on first use, so the core works without them.
 _TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites", "analyze": "adapter", "Analyzer": "adapter",
                "load_model": "models", "GeometryMonitor": "monitor", "Timeline": "monitor",
-               "dump": "dumping", "swap_test": "swap", "swapped": "swap",
+               "dump": "dumps.writing", "swap_test": "swap", "swapped": "swap",
                "SwapResult": "swap"}
 
 

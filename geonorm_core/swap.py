@@ -785,23 +785,3 @@ def _encoder_metric(e_orig: np.ndarray, e_swap: np.ndarray, corpus_cos: np.ndarr
         "corpus_sequences": int(corpus_cos.size),
         "corpus_cosine_mean": float(corpus_cos.mean()), "corpus_cosine_min": float(corpus_cos.min()),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Command line (registered in cli.py as `geonorm swap-test`)
-# ---------------------------------------------------------------------------------------------
-
-def run_cli(args: Any) -> int:
-    """`geonorm swap-test`: load, run both ways, print the table (top 10 sites), save to --out."""
-    from .cli import load_model_and_batches, progress
-
-    model, tokenizer, batches, meta = load_model_and_batches(args, "swap-test")
-    try:
-        with progress(args.max_tokens) as bar:
-            result = swap_test(model, tokenizer, batches, direction=args.direction, meta=meta, progress=bar)
-    except ValueError as exc:
-        raise SystemExit(f"geonorm swap-test: {exc}") from None
-    print(result.table(top=10))
-    paths = result.save(args.out)
-    print(f"wrote {len(paths)} files to {args.out}/: " + ", ".join(os.path.basename(p) for p in paths))
-    return 0

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .ct2 import CT2Model, read_bytes, read_ct2
+from .loading import ModelNotFoundError, import_torch_side, resolve_device, resolve_dtype
 
 __all__ = ["PACKAGES", "SHA256", "WhisperDecoderFeed", "analyze_whisper", "espeak_path",
            "load_whisper_base", "read_whisper_ct2", "synthesize", "transcribe", "whisper_batches",
@@ -78,8 +79,6 @@ _GELU = 3                   # ctranslate2.specs.common_spec.Activation.GELU
 
 def _data_dirs() -> tuple[Path, Path]:
     """The two packages' ``data`` folders (found without importing them)."""
-    from .models import ModelNotFoundError
-
     dirs = []
     for module, pin in zip(_MODULES, PACKAGES):
         spec = importlib.util.find_spec(module)
@@ -287,11 +286,9 @@ def load_whisper_base(dtype: Any = "float32", device: Any = "cpu") -> tuple[Any,
     processor's feature extractor is transformers' default Whisper one (80 log-mel bins, 16 kHz,
     30 s), which is Whisper base's.  ``dtype``/``device`` as in :func:`geonorm_core.models.load_model`.
     """
-    from .models import _import_torch_side, _resolve_device, _resolve_dtype
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _, transformers = _import_torch_side()
-    torch_dtype, torch_device = _resolve_dtype(torch, dtype), _resolve_device(torch, device)
+    _, transformers = import_torch_side()
+    torch_dtype, torch_device = resolve_dtype(torch, dtype), resolve_device(torch, device)
     part1, _ = _data_dirs()
     settings = json.loads(_read_checked(part1, "config.json"))
     tokenizer = whisper_tokenizer(part1)

@@ -20,7 +20,7 @@ SIMD_PATHS = tuple(gn.kernel_info()["available"])
 @pytest.fixture(scope="session", autouse=True)
 def _verified_records(tmp_path_factory):
     """The record of verified dump shards goes to a folder of this session, not the user's cache."""
-    from geonorm_core import digests
+    from geonorm_core.dumps import verify as digests
 
     folder = tmp_path_factory.mktemp("verified")
     saved = digests.cache_dir

@@ -26,16 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from geonorm_core import cli  # noqa: E402
 from geonorm_core.accumulate import SiteStats  # noqa: E402
-from geonorm_core.activations import (  # noqa: E402
-    HIDDEN_QUANTITIES,
-    DumpError,
-    analyze_dump,
-    analyze_shard,
-    open_activations,
-    read_safetensors_header,
-)
+from geonorm_core.dumps.formats import read_safetensors_header, write_safetensors  # noqa: E402
+from geonorm_core.dumps.reading import analyze_dump, analyze_shard, open_activations  # noqa: E402
+from geonorm_core.dumps.shards import HIDDEN_QUANTITIES, DumpError  # noqa: E402
 from geonorm_core.adapter import analyze  # noqa: E402
-from geonorm_core.dumping import dump, write_safetensors  # noqa: E402
+from geonorm_core.dumps.writing import dump  # noqa: E402
 from geonorm_core.measure import token_values  # noqa: E402
 
 
@@ -178,7 +173,7 @@ def test_resume_gives_the_uninterrupted_dump(tmp_path, llama):
 
 
 def test_a_failed_shard_write_leaves_no_temporary_file_and_the_last_checkpoint(tmp_path, llama, monkeypatch):
-    import geonorm_core.dumping as dm
+    import geonorm_core.dumps.writing as dm
 
     real, calls = os.replace, []
 
@@ -207,7 +202,7 @@ def test_a_failed_shard_write_leaves_no_temporary_file_and_the_last_checkpoint(t
 
 
 def test_disk_space_is_printed_and_a_full_disk_refused(tmp_path, llama, monkeypatch, capsys):
-    import geonorm_core.dumping as dm
+    import geonorm_core.dumps.writing as dm
 
     bs = batches(n=2)
     need = sum(int(b["attention_mask"].sum()) for b in bs) * 5 * 2 * 64 * 4
@@ -272,21 +267,22 @@ def flip_a_byte(path):
 
 def count_hashes(monkeypatch):
     """The files analyze_dump hashes, as a list that fills up."""
-    from geonorm_core import activations
+    from geonorm_core.dumps import manifest, reading, verify
 
     hashed = []
-    real = activations.hash_file
+    real = verify.hash_file
 
     def spy(path, buffer=None):
         hashed.append(Path(path).name)
         return real(path, buffer)
 
-    monkeypatch.setattr(activations, "hash_file", spy)
+    for module in (manifest, reading):  # the params file is hashed on opening, the shards while reading
+        monkeypatch.setattr(module, "hash_file", spy)
     return hashed
 
 
 def test_a_shard_hashed_once_is_trusted_until_it_changes(bad_dump, monkeypatch):
-    from geonorm_core import digests
+    from geonorm_core.dumps import verify as digests
 
     monkeypatch.setattr(digests, "RACY_SECONDS", 0.0)  # the files were written just now
     hashed = count_hashes(monkeypatch)
@@ -316,7 +312,7 @@ def test_a_shard_changed_just_before_it_was_hashed_is_not_recorded(bad_dump, mon
 
 
 def test_the_record_is_per_file_identity(tmp_path, monkeypatch):
-    from geonorm_core import digests
+    from geonorm_core.dumps import verify as digests
 
     monkeypatch.setattr(digests, "RACY_SECONDS", 0.0)
     f = tmp_path / "a.bin"
@@ -518,7 +514,7 @@ def test_a_scheduler_routes_to_the_dask_path(good_dump, monkeypatch):
         seen.update(sites=sites, scheduler=scheduler, block_rows=block_rows, bins=bins)
         return {s.name: s.new_stats(bins) for s in sites}
 
-    monkeypatch.setitem(sys.modules, "geonorm_core.dask", types.SimpleNamespace(analyze_sites=analyze_sites))
+    monkeypatch.setitem(sys.modules, "geonorm_core.dumps.dask", types.SimpleNamespace(analyze_sites=analyze_sites))
     report = analyze_dump(good_dump, scheduler="tcp://example:8786", block_rows=64, bins=90)
     assert seen["scheduler"] == "tcp://example:8786" and (seen["block_rows"], seen["bins"]) == (64, 90)
     assert set(report.sites) == {s.name for s in seen["sites"]}
@@ -526,8 +522,8 @@ def test_a_scheduler_routes_to_the_dask_path(good_dump, monkeypatch):
 
 def test_the_commands_dump_and_analyze(tmp_path, llama, monkeypatch, capsys):
     bs = batches(n=2)
-    monkeypatch.setattr(cli, "load_model_and_batches",
-                        lambda args, command: (llama, None, iter(bs), {"model_name": "tiny-llama"}))
+    monkeypatch.setattr(cli.dump, "load_workload", lambda args: (llama, None, iter(bs), {"model_name": "tiny-llama"}))
+    monkeypatch.setattr(cli.dump, "check_model_options", lambda args: "a tiny llama")
     assert cli.main(["dump", "--out", str(tmp_path / "d"), "--max-tokens", "96", "--shard-rows", "50"]) == 0
     assert "needed" in capsys.readouterr().err
     assert cli.main(["analyze-dump", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--block-rows", "32",

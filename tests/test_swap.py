@@ -410,11 +410,12 @@ def test_only_the_named_sites_are_swapped():
 # -- the command ----------------------------------------------------------------------------------
 
 def test_cli_swap_test_writes_the_result(tmp_path, monkeypatch, capsys):
-    def fake_loader(args, command):
-        assert command == "swap-test" and args.max_tokens == 100
+    def fake_loader(args):
+        assert args.command == "swap-test" and args.max_tokens == 100
         return tiny("llama"), None, iter(batches(n=2)), {"model_name": "tiny-llama"}
 
-    monkeypatch.setattr(cli, "load_model_and_batches", fake_loader)
+    monkeypatch.setattr(cli.swap_test, "load_workload", fake_loader)
+    monkeypatch.setattr(cli.swap_test, "check_model_options", lambda args: "a tiny llama")
     out = tmp_path / "swap"
     assert cli.main(["swap-test", "--model", "x", "--max-tokens", "100", "--direction", "add_mean",
                      "--out", str(out)]) == 0
@@ -422,7 +423,9 @@ def test_cli_swap_test_writes_the_result(tmp_path, monkeypatch, capsys):
     assert "tiny-llama" in printed and "swap.json" in printed
     back = SwapResult.from_json(out / "swap.json")
     assert back.meta["direction"] == "add_mean" and back.meta["model_name"] == "tiny-llama"
-    monkeypatch.setattr(cli, "load_model_and_batches",
-                        lambda a, c: (tiny("llama"), None, iter(batches(n=1)), {}))
-    with pytest.raises(SystemExit, match="has no layernorm sites"):
-        cli.main(["swap-test", "--direction", "remove_mean", "--out", str(out)])
+    monkeypatch.setattr(cli.swap_test, "load_workload",
+                        lambda a: (tiny("llama"), None, iter(batches(n=1)), {}))
+    assert cli.main(["swap-test", "--direction", "remove_mean", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("geonorm swap-test: error:") and "has no layernorm sites" in last

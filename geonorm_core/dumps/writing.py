@@ -6,7 +6,7 @@ measures while the model runs (:mod:`geonorm_core.adapter`); a dump is for
 when the vectors themselves are wanted: to analyze them again with other
 settings, on a cluster, or with other tools.  :func:`dump` writes them as
 safetensors shards that any safetensors reader opens, and
-:func:`geonorm_core.activations.analyze_dump` turns them into the report
+:func:`geonorm_core.dumps.reading.analyze_dump` turns them into the report
 ``analyze`` gives on the same batches, bitwise.
 
 Layout ::
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -75,106 +74,24 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from . import _arrays
-from .activations import (
-    DUMP_FORMAT,
-    DUMP_VERSION,
-    MANIFEST_NAME,
-    SAFETENSORS_DTYPES,
-    DumpError,
-    read_manifest,
-)
-from .adapter import Analyzer
+from .. import _arrays
+from ..adapter import Analyzer
+from ..durable import fsync_dir, write_json
+from .formats import SAFETENSORS_CODES, safetensors_chunks, write_safetensors
+from .manifest import DUMP_FORMAT, DUMP_VERSION, MANIFEST_NAME, read_manifest
+from .shards import DumpError
 
-__all__ = ["DEFAULT_BUFFER_BYTES", "DumpError", "DumpWriter", "dump", "run_dump_command", "write_safetensors"]
+__all__ = ["DEFAULT_BUFFER_BYTES", "DumpError", "DumpWriter", "dump", "write_safetensors"]
 
 #: Memory for the rows buffered between checkpoints (all sites, hidden + post), which sets the
 #: default ``shard_rows``: with it SmolLM2-135M in fp32 (61 sites, d=576) writes ~1900-row shards.
 DEFAULT_BUFFER_BYTES = 512 << 20
 
-_CODES = {dt: code for code, dt in SAFETENSORS_DTYPES.items()}
 _DTYPE_NAMES = {"float64": np.float64, "float32": np.float32, "float16": np.float16,
                 "bfloat16": ml_dtypes.bfloat16, "fp64": np.float64, "fp32": np.float32, "fp16": np.float16,
                 "bf16": ml_dtypes.bfloat16}
 _PARAMS_NAME = "params.safetensors"
 _SHARD_RE = re.compile(r"shard-\d{6}\.safetensors\Z")
-
-
-# ---------------------------------------------------------------------------------------- safetensors
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, chunks: Iterable[Any]) -> str:
-    """Write ``chunks`` (bytes-like) to ``path`` atomically; return their sha256.
-
-    The bytes go to a temporary name in the same folder, are fsynced, then renamed over
-    ``path``: readers see the old file or the complete new one, never a part.  The caller
-    fsyncs the folder (once for many files).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    h = hashlib.sha256()
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                h.update(c)
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return h.hexdigest()
-
-
-def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Sequence[np.ndarray]],
-                      metadata: Mapping[str, str] | None = None) -> tuple[str, int]:
-    """Write 2-D tensors, each given as row blocks, as one safetensors file, atomically.
-
-    ``tensors[name]`` is a list of ``(n_i, d)`` arrays of one dtype (F64/F32/F16/BF16) that
-    are written one after the other, never concatenated in memory.  The header is padded
-    with spaces so the data starts 64-byte aligned.  Returns (sha256 of the file, its size).
-    """
-    chunks, size = _safetensors_chunks(tensors, metadata)
-    return _atomic_write(Path(path), chunks), size
-
-
-def _safetensors_chunks(tensors: Mapping[str, Sequence[np.ndarray]],
-                        metadata: Mapping[str, str] | None) -> tuple[list[Any], int]:
-    """The bytes of a safetensors file, as a list of buffers (no copy of the data), and their total."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata or {})}
-    chunks: list[Any] = []
-    offset = 0
-    for name, blocks in tensors.items():
-        blocks = [np.ascontiguousarray(b) for b in blocks]
-        first = blocks[0]
-        if first.ndim == 1 and len(blocks) == 1:  # a vector (a gain or a bias)
-            shape = [first.shape[0]]
-        elif all(b.dtype == first.dtype and b.ndim == 2 and b.shape[1] == first.shape[1] for b in blocks):
-            shape = [sum(b.shape[0] for b in blocks), first.shape[1]]
-        else:
-            raise ValueError(f"{name}: need one vector, or row blocks (rows, d) of one d and dtype")
-        nbytes = int(np.prod(shape)) * first.dtype.itemsize
-        header[name] = {"dtype": _CODES[first.dtype], "shape": shape,
-                        "data_offsets": [offset, offset + nbytes]}
-        chunks += [memoryview(b.reshape(-1).view(np.uint8)) for b in blocks if b.size]
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(8 + len(raw)) % 64)
-    head = len(raw).to_bytes(8, "little") + raw
-    return [head, *chunks], len(head) + offset
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, [json.dumps(obj, indent=1, allow_nan=False).encode()])
-    _fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------------------------------- the writer
@@ -299,13 +216,13 @@ class DumpWriter:
             rows = sum(b["segments"])
             entry["shards"].append({
                 "file": rel, "rows": rows, "bytes": size, "sha256": digest,
-                "dtype": {"hidden": _CODES[b["hidden"][0].dtype], "post": _CODES[b["post"][0].dtype]},
+                "dtype": {"hidden": SAFETENSORS_CODES[b["hidden"][0].dtype], "post": SAFETENSORS_CODES[b["post"][0].dtype]},
                 "batches": [first, batches_done], "segments": list(b["segments"])})
             entry["rows"] += rows
             dirs.add(folder)
             self._buffers[entry["name"]] = {"hidden": [], "post": [], "segments": []}
         for folder in sorted(dirs):
-            _fsync_dir(folder)
+            fsync_dir(folder)
         self.manifest.update(batches_done=int(batches_done), tokens=int(tokens), last_batch=last_batch)
         self._write_manifest()
 
@@ -324,12 +241,12 @@ class DumpWriter:
         return 0
 
     def _write_manifest(self) -> None:
-        _write_json(self.manifest_path, self.manifest)
+        write_json(self.manifest_path, self.manifest)
 
     def _write_params(self) -> None:
         path = self.root / _PARAMS_NAME
         digest, size = write_safetensors(path, self._params, {"format": DUMP_FORMAT})
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.manifest["params"] = {"file": _PARAMS_NAME, "bytes": size, "sha256": digest}
 
     # -- resume
@@ -370,7 +287,7 @@ class DumpWriter:
 def _params_digest(params: Mapping[str, Sequence[np.ndarray]]) -> str:
     """The sha256 write_safetensors gives the params file, without writing it."""
     h = hashlib.sha256()
-    for c in _safetensors_chunks(params, {"format": DUMP_FORMAT})[0]:
+    for c in safetensors_chunks(params, {"format": DUMP_FORMAT})[0]:
         h.update(c)
     return h.hexdigest()
 
@@ -392,7 +309,7 @@ def _as_store_dtype(dtype: Any) -> np.dtype | None:
             raise ValueError(f"dtype must be float32, bfloat16, float16 or float64, got {dtype!r}")
         return np.dtype(_DTYPE_NAMES[dtype])
     dt = np.dtype(dtype)
-    if dt not in _CODES:
+    if dt not in SAFETENSORS_CODES:
         raise ValueError(f"dtype must be float32, bfloat16, float16 or float64, got {dt}")
     return dt
 
@@ -570,22 +487,4 @@ def _check_disk(root: Path, tokens: int | None, per_token: int, n_sites: int, sh
         raise OSError(errno.ENOSPC, f"not enough disk space in {root} for the dump: {_gb(need)} needed, "
                                     f"{_gb(free)} free (fewer --max-tokens, --sites, or a 16-bit "
                                     f"--store-dtype)")
-
-
-def run_dump_command(args: Any) -> int:
-    """``geonorm dump``: run a model on a text and write its norm sites' activations."""
-    from .cli import load_model_and_batches
-    from .cli import progress as progress_bar
-
-    model, _, batches, meta = load_model_and_batches(args, "dump")
-    sites = [s for part in (args.sites or []) for s in part.split(",") if s] or None
-    with progress_bar(args.max_tokens) as bar:
-        path = dump(model, batches, args.out, sites=sites, dtype=args.store_dtype, shard_rows=args.shard_rows,
-                    resume=args.resume, exclude_first_token=args.exclude_first_token,
-                    max_tokens=args.max_tokens, meta=meta, progress=bar)
-    man = read_manifest(path)
-    print(f"wrote {man['tokens']} tokens x {len(man['sites'])} sites to {args.out}/ "
-          f"({sum(len(s['shards']) for s in man['sites'])} shards); analyze with: "
-          f"geonorm analyze-dump {args.out}")
-    return 0
 

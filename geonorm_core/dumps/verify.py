@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .runtime import cache_dir
+from ..runtime import cache_dir
 
 __all__ = ["RACY_SECONDS", "VerifiedFiles", "file_identity", "file_sha256", "hash_file"]
 

@@ -1,0 +1,83 @@
+"""A run's inputs and its progress: a model and its token batches from plain settings, and a
+progress bar over tokens.
+
+Every command that runs a model on a text (``analyze``, ``dump``, ``swap-test``) starts here,
+and so can any script: :func:`model_and_batches` is what the command line's model options
+mean.  Whisper is fed as its users would: the decoder reads the text's tokens while the
+encoder hears the same text spoken (espeak-ng).
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["model_and_batches", "progress"]
+
+
+def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_tokens: int | None = None,
+                      seq_len: int = 256, batch_size: int = 8, device: str = "cpu", dtype: str = "float32",
+                      ) -> tuple[Any, Any, Iterator[dict], dict]:
+    """``(model, tokenizer, batches, meta)`` for a model name or path and a text file.
+
+    Parameters
+    ----------
+    model : a short name (``smollm2``, ``gemma3``, ``minilm``, ``whisper-base``), a local
+        checkpoint or a cached Hugging Face id (:func:`geonorm_core.models.load_model`).
+    text : a UTF-8 text file; None: the bundled public-domain corpus.
+    max_tokens, seq_len, batch_size : see :func:`geonorm_core.corpus.token_batches`.
+    device, dtype : where and in which precision the model runs.
+
+    Returns
+    -------
+    The model (Whisper wrapped in :class:`~geonorm_core.whisper.WhisperDecoderFeed`), its
+    tokenizer, an iterator of batches, and the settings as report metadata.
+    """
+    from .corpus import default_text, read_text, token_batches
+    from .loading import import_torch_side, resolve_dtype
+    from .models import load_model
+
+    torch, _ = import_torch_side()
+    resolve_dtype(torch, dtype)  # a bad dtype fails before the model loads
+    body = read_text(text) if text else default_text()
+    print(f"loading {model} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
+    net, tokenizer = load_model(model, dtype=dtype, device=device)
+    if getattr(net.config, "model_type", None) == "whisper":
+        from .whisper import WhisperDecoderFeed, whisper_batches
+
+        net = WhisperDecoderFeed(net)
+        batches = whisper_batches(body, tokenizer, seq_len=min(seq_len, 448), batch_size=batch_size,
+                                  max_tokens=max_tokens)
+    else:
+        batches = token_batches(body, tokenizer, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+    meta = {"model_name": model, "text": text or "default corpus", "seq_len": seq_len,
+            "batch_size": batch_size, "dtype": dtype, "device": device}
+    return net, tokenizer, batches, meta
+
+
+class progress:
+    """A tqdm bar over tokens when tqdm is installed, else a line every call; call it with the
+    tokens done so far (the ``progress=`` callback of analyze, dump and the swap test)."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total, self.bar, self.done = total, None, 0
+
+    def __enter__(self) -> progress:
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="tok", unit_scale=True, file=sys.stderr)
+        except ImportError:
+            pass
+        return self
+
+    def __call__(self, tokens: int) -> None:
+        if self.bar is not None:
+            self.bar.update(tokens - self.done)
+        else:
+            print(f"  {tokens} tokens", file=sys.stderr, flush=True)
+        self.done = tokens
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
