@@ -212,3 +212,19 @@ def test_cuda_hooks_never_synchronize():
             torch.cuda.set_sync_debug_mode(0)
         report = an.report()
     assert all(s.tokens == int(bl[0]["attention_mask"].sum()) for s in report.sites.values())
+
+
+def test_cuda_benchmark_runs_at_a_tiny_scale_on_cpu():
+    """benchmarks/adapter_cuda.py cannot run here at full size; --tiny keeps it from rotting."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "adapter_cuda.py"), "--tiny"],
+                         capture_output=True, text=True, env=env, timeout=300, check=True).stdout
+    res = json.loads(out)["results"][0]
+    assert set(res["hooked_over_plain"]) == {"core", "torch"}
+    a = res["first_site_angle_hidden_mean"]
+    assert abs(a["core"] - a["torch"]) < 1e-4
