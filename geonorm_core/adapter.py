@@ -9,6 +9,13 @@ memory does not grow with the number of tokens.
 
 Per site and token, the quantities of :mod:`geonorm_core.measure` (SCIENCE.md §1).
 
+Two backends compute the per-token values (``backend=``): ``"core"`` hands the rows to the
+native core on the CPU (as above); ``"torch"`` computes them with torch ops where the tensors
+live (:mod:`geonorm_core.measure_torch`), applies the token mask there, and moves only the
+7 float64 values per token and site to the host -- for CUDA tensors into pinned memory
+without blocking, with one synchronization per batch.  ``"auto"`` (the default) picks
+``"torch"`` for CUDA tensors and ``"core"`` for CPU ones.  Both fill the same accumulators.
+
 Padding tokens (``attention_mask == 0``) are excluded; ``exclude_first_token``
 also drops each sequence's first real token (attention sinks carry the massive
 activations the paper's 9-degree SDs hint at).
@@ -21,9 +28,18 @@ import numpy as np
 import torch
 
 from .accumulate import SiteStats
-from .measure import token_values
+from .measure import BACKENDS, quantity_names, token_values
+from .measure_torch import token_values_torch
 from .report import Report
 from .sites import NormSite, find_norm_sites, hook_sites, hook_tensors
+
+
+
+def check_backend(backend: Any) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ValueError naming it."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
 
 
 def select_sites(model: torch.nn.Module, sites: Sequence[str] | None = None) -> list[NormSite]:
@@ -85,11 +101,17 @@ class Analyzer:
             for batch in batches:
                 an.feed(batch)
         report = an.report()
+
+    ``backend``: ``"core"``, ``"torch"`` or ``"auto"`` (``"torch"`` for CUDA tensors, ``"core"``
+    for CPU ones); see the module docstring.  With ``"torch"`` a hook never synchronizes the
+    device: the values wait in (pinned) host buffers until :meth:`flush`, which :meth:`feed`,
+    :meth:`count_only`, :meth:`report` and leaving the context call -- one wait per batch.
     """
 
     def __init__(self, model: torch.nn.Module, sites: Sequence[str] | None = None, *,
                  exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
-                 num_threads: int | None = 1) -> None:
+                 num_threads: int | None = 1, backend: str = "auto") -> None:
+        self.backend = check_backend(backend)
         self.model = model
         self.sites = select_sites(model, sites)
         self.exclude_first_token = bool(exclude_first_token)
@@ -102,6 +124,10 @@ class Analyzer:
         self._rows: np.ndarray | None = None  # (B, T) mask of the tokens to count
         self._gain = {s.name: _as_f64(s.gain) for s in self.sites}
         self._bias = {s.name: _as_f64(s.bias) for s in self.sites}
+        self._params_on: dict[tuple, torch.Tensor | None] = {}   # gains and biases on a device
+        self._index_on: dict[tuple, torch.Tensor | None] = {}    # the kept rows' indices on a device
+        self._pending: list[tuple[str, torch.Tensor]] = []       # (site, 7 x n values) not yet folded
+        self._events: dict[torch.device, Any] = {}               # per CUDA device: after its last copy
 
     # -- hooks -----------------------------------------------------------------------------
     def __enter__(self) -> Analyzer:
@@ -112,6 +138,7 @@ class Analyzer:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self.flush()
 
     def _hook(self, site: NormSite) -> Callable:
         def hook(module, args, kwargs, output):
@@ -120,6 +147,12 @@ class Analyzer:
         return hook
 
     def _measure(self, site: NormSite, hidden: torch.Tensor, post: torch.Tensor) -> None:
+        backend = self.backend
+        if backend == "auto":
+            backend = "torch" if hidden.device.type == "cuda" else "core"
+        if backend == "torch":
+            self._measure_on_device(site, hidden, post)
+            return
         h = self._host(hidden, (site.name, "hidden"))
         p = self._host(post, (site.name, "post"))
         values = token_values(h, p, gain=self._gain[site.name], bias=self._bias[site.name], eps=site.eps,
@@ -128,6 +161,61 @@ class Analyzer:
         if keep is not None:
             values = {k: v[keep] for k, v in values.items()}
         self.stats[site.name].update(**values)
+
+    def _measure_on_device(self, site: NormSite, hidden: torch.Tensor, post: torch.Tensor) -> None:
+        """The torch backend: values on the tensors' device, only they cross to the host.
+
+        Nothing here waits for the device: the row indices were uploaded once per batch, the
+        copy to pinned memory is non_blocking, and an event recorded after it is what
+        :meth:`flush` waits on."""
+        dev = hidden.device
+        values = token_values_torch(hidden, post, gain=self._param(site.name, "gain", dev),
+                                    bias=self._param(site.name, "bias", dev), eps=site.eps,
+                                    rows=self._row_index(tuple(hidden.shape[:-1]), dev))
+        if dev.type == "cuda":
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(dev))
+            self._events[dev] = event
+        else:
+            host = values.cpu()
+        self._pending.append((site.name, host))
+
+    def _param(self, name: str, which: str, dev: torch.device) -> torch.Tensor | None:
+        key = (name, which, dev)
+        if key not in self._params_on:
+            v = (self._gain if which == "gain" else self._bias)[name]
+            self._params_on[key] = None if v is None else torch.from_numpy(v).to(dev)
+        return self._params_on[key]
+
+    def _row_index(self, lead: tuple, dev: torch.device) -> torch.Tensor | None:
+        """Indices of the rows to count among a site's flattened rows, on ``dev`` (None: all)."""
+        key = (lead, dev)
+        if key not in self._index_on:
+            keep = self._keep(lead)
+            idx = None
+            if keep is not None and not keep.all():
+                idx = torch.from_numpy(np.flatnonzero(keep).astype(np.int64))
+                if dev.type == "cuda":  # from pinned memory the upload does not wait for the stream
+                    idx = idx.pin_memory().to(dev, non_blocking=True)
+                else:
+                    idx = idx.to(dev)
+            self._index_on[key] = idx
+        return self._index_on[key]
+
+    def flush(self) -> None:
+        """Fold the torch backend's pending values into the accumulators: one wait per CUDA device
+        for the copies of the last batch, then per-site updates on the host (a no-op for "core")."""
+        if not self._pending:
+            return
+        for event in self._events.values():
+            event.synchronize()
+        self._events.clear()
+        pending, self._pending = self._pending, []
+        for name, host in pending:
+            arr = host.numpy()
+            self.stats[name].update(**dict(zip(quantity_names(arr.shape[0] > 4), arr)))
 
     def _keep(self, lead: tuple) -> np.ndarray | None:
         """Which of a site's rows are real tokens (None: all of them)."""
@@ -177,10 +265,13 @@ class Analyzer:
         """Count only the tokens where the (batch, seq_len) mask ``rows`` is True in the forward
         passes that follow (None: every row).  :meth:`feed` sets it from its batch; a caller that
         runs the model itself (a training loop, :class:`~geonorm_core.monitor.GeometryMonitor`)
-        sets it here."""
+        sets it here.  Values still pending from earlier passes are folded first."""
+        self.flush()
         self._rows = None if rows is None else np.asarray(rows, dtype=bool)
+        self._index_on.clear()
 
     def report(self) -> Report:
+        self.flush()
         return Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
 
 
@@ -190,7 +281,8 @@ def _as_f64(a: np.ndarray | None) -> np.ndarray | None:
 
 def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sites: Sequence[str] | None = None,
             exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
-            progress: Callable[[int], None] | None = None, num_threads: int | None = 1) -> Report:
+            progress: Callable[[int], None] | None = None, num_threads: int | None = 1,
+            backend: str = "auto") -> Report:
     """Run ``model`` over ``batches`` and measure the geometry at every norm site.
 
     Parameters
@@ -202,6 +294,9 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
     bins : histogram bins for the angle quantities over [0, 180] degrees.
     progress : called with the number of tokens counted after each batch.
     num_threads : threads for the core inside the hooks (default 1; see :class:`Analyzer`).
+    backend : ``"auto"`` (default: ``"torch"`` for CUDA tensors, ``"core"`` for CPU ones), ``"core"``
+        (the native core on host rows) or ``"torch"`` (torch ops on the tensors' device, only the
+        per-token values cross to the host).  Same quantities within the accuracy contract.
 
     Returns
     -------
@@ -210,7 +305,7 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
         ``report.table()`` the paper's Tables 2-4 for this model.
     """
     with Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
-                  num_threads=num_threads) as an:
+                  num_threads=num_threads, backend=backend) as an:
         tokens = 0
         for batch in batches:
             tokens += an.feed(batch)

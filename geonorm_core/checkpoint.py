@@ -85,7 +85,7 @@ def analyze_checkpointed(model: Any, batches: Iterable[Mapping[str, Any]], out_d
                          sites: Sequence[str] | None = None, exclude_first_token: bool = False, bins: int = 180,
                          meta: Mapping | None = None, progress: Callable[[int], None] | None = None,
                          stop: Callable[[], bool] | None = None, num_threads: int | None = 1,
-                         ) -> tuple[Report, bool]:
+                         backend: str = "auto") -> tuple[Report, bool]:
     """:func:`geonorm_core.adapter.analyze`, checkpointed to ``out_dir`` as it goes.
 
     Parameters
@@ -122,7 +122,7 @@ def analyze_checkpointed(model: Any, batches: Iterable[Mapping[str, Any]], out_d
             return restored.report, True
         done_batches, tokens = restored.batches, restored.tokens
     with Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
-                  num_threads=num_threads) as an:
+                  num_threads=num_threads, backend=backend) as an:
         if restored is not None:
             if set(restored.report.sites) != set(an.stats):
                 raise ValueError(f"the checkpoint in {out_dir} measured other norm sites than this model has")

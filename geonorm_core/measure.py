@@ -31,6 +31,11 @@ QUANTITY_ORDER = ("angle_hidden", "norm_hidden", "max_abs_hidden", "ln_rms_gap",
                   "rotation")
 _HIDDEN_SIDE = 4  # the first four need no post
 
+#: Where the values are computed: "core" (this module, the native CPU core), "torch"
+#: (:mod:`geonorm_core.measure_torch`, torch ops on the tensors' own device), "auto" (torch for
+#: CUDA tensors, the core otherwise).
+BACKENDS = ("auto", "core", "torch")
+
 
 def quantity_names(with_post: bool) -> tuple[str, ...]:
     """The quantities :func:`token_values` gives, in its order: all of them, or the hidden side's."""

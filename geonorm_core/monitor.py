@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from .accumulate import baseline_angle_sd
-from .adapter import Analyzer, select_sites
+from .adapter import Analyzer, check_backend, select_sites
 from .report import JsonFile, Report
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
@@ -188,6 +188,10 @@ class GeometryMonitor:
         the model called with ``input_ids`` or ``inputs_embeds`` (else every row counts).
     exclude_first_token : do not count each sequence's first real token.
     num_threads : threads of the core inside the hooks (see :class:`Analyzer`).
+    backend : ``"auto"`` (``"torch"`` for CUDA tensors, ``"core"`` for CPU ones), ``"core"`` or
+        ``"torch"``: where the per-token values are computed (see :class:`Analyzer`).  With
+        ``"torch"`` a recorded step's hooks never wait for the GPU; each forward's values are
+        folded, after one wait, when the next forward starts or the recording ends.
     meta : extra plain-JSON metadata for the timeline (run name, hyperparameters, ...).
 
     The result is :attr:`timeline` (a :class:`Timeline`), filled as training runs.
@@ -195,7 +199,8 @@ class GeometryMonitor:
 
     def __init__(self, model: torch.nn.Module, *, every: int = 10, sites: Sequence[str] | None = None,
                  bins: int = 180, max_tokens_per_step: int | None = None, exclude_first_token: bool = False,
-                 num_threads: int | None = 1, meta: Mapping | None = None) -> None:
+                 num_threads: int | None = 1, meta: Mapping | None = None, backend: str = "auto") -> None:
+        self.backend = check_backend(backend)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every: need a positive int (steps with step % every == 0 are recorded), "
                              f"got {every!r}")
@@ -287,6 +292,7 @@ class GeometryMonitor:
         if self._budget is None or self._budget[0] != step:
             self._budget = (step, self.max_tokens_per_step)
         an = Analyzer(self.model, self.site_names, bins=self.bins, num_threads=self.num_threads,
+                      backend=self.backend,
                       exclude_first_token=self.exclude_first_token, meta={"step": int(step)})
         an.__enter__()
         self._analyzer, self._step = an, step

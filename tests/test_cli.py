@@ -246,3 +246,21 @@ def test_resume_with_other_settings_is_refused(tiny_checkpoint, uninterrupted, t
     line = fails(capsys, ["analyze", "--model", tiny_checkpoint, *RUN,
                           "--bins", "90", "--out", out, "--resume"], 1)
     assert "bins: 180 then, 90 now" in line and time.perf_counter() - t0 < 5  # before the model loads
+
+
+def test_backend_option_reaches_the_analysis(tiny_checkpoint, tmp_path):
+    """`--backend torch` computes on the tensors' device (here the CPU): same numbers as the core."""
+    reports = {}
+    for backend in ("core", "torch"):
+        out = tmp_path / backend
+        assert cli.main(["analyze", "--model", tiny_checkpoint, "--max-tokens", "600", "--seq-len", "64",
+                         "--backend", backend, "--out", str(out)]) == 0
+        reports[backend] = json.loads((out / "report.json").read_text())
+    core, torch_ = reports["core"]["sites"], reports["torch"]["sites"]
+    assert core.keys() == torch_.keys()
+    for name in core:
+        for q in ("angle_hidden", "rotation"):
+            a, b = core[name]["quantities"][q]["moments"], torch_[name]["quantities"][q]["moments"]
+            assert a["count"] == b["count"] > 0 and abs(a["mean"] - b["mean"]) < 1e-4  # the contract, degrees
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "--backend", "gpu"])

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from ..checkpoint import load_checkpoint
+from ..measure import BACKENDS
 from ..workload import progress
 from . import preflight
 from .errors import INTERRUPTED, UsageError
@@ -26,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=10_000, metavar="TOKENS",
                    help="write the report so far to OUT/checkpoint.json every this many tokens (default: 10000)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same options)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="where the per-token values are computed: 'torch' on the tensors' device (only 7 values "
+                        "per token and site reach the host), 'core' with the native CPU core; 'auto' (default) = "
+                        "torch for CUDA models, core for CPU ones")
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         report, complete = analyze_checkpointed(
             model, batches, out, every=args.checkpoint_every, resume=args.resume, settings=settings(args),
             sites=sites, exclude_first_token=args.exclude_first_token, bins=args.bins, meta=meta,
-            progress=bar, stop=stop)
+            progress=bar, stop=stop, backend=args.backend)
     print(report.table())
     print(wrote(report.save(out), args.out))
     if not complete:
