@@ -471,7 +471,9 @@ def save_converted(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.Pat
         tokenizer.save_pretrained(out)
     from . import __version__
 
-    (out / CONVERSION_FILE).write_text(json.dumps({**record, "geonorm_version": __version__}, indent=2) + "\n")
+    saved = {**record, "tokenizer_class": None if tokenizer is None else type(tokenizer).__name__,
+             "geonorm_version": __version__}
+    (out / CONVERSION_FILE).write_text(json.dumps(saved, indent=2) + "\n")
     return sorted(str(p) for p in out.iterdir() if p.is_file())
 
 
@@ -487,8 +489,8 @@ def load_converted(path: str | os.PathLike, *, dtype: Any = torch.float32,
     The original architecture is built from the saved config and weights, then the module replacement
     of :data:`CONVERSION_FILE` is applied again (LayerNorm -> :class:`AffineRMSNorm` with the saved gain,
     bias and eps; BLOOM's embedding norm -> :class:`CentredEmbeddingLayerNorm`).  The centred weights are
-    in the checkpoint itself.  The tokenizer is the saved processor for Whisper, else the saved tokenizer,
-    else None.
+    in the checkpoint itself.  The tokenizer is the saved processor for Whisper, else the saved tokenizer;
+    None when none was saved.
     """
     folder = Path(path)
     if not is_converted(folder):
@@ -509,8 +511,10 @@ def load_converted(path: str | os.PathLike, *, dtype: Any = torch.float32,
         _replace(model, name, CentredEmbeddingLayerNorm(model.get_submodule(name)))
     for name in record["rmsnorm_sites"]:
         _replace(model, name, AffineRMSNorm.from_layer_norm(model.get_submodule(name)))
-    model.geonorm_conversion = {k: v for k, v in record.items() if k != "geonorm_version"}
+    model.geonorm_conversion = {k: v for k, v in record.items() if k not in ("geonorm_version", "tokenizer_class")}
     model = model.to(device).eval()
+    if record.get("tokenizer_class") is None:
+        return model, None
     return model, _load_tokenizer(transformers, folder, record["model_type"])
 
 
