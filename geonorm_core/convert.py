@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .nn import AffineRMSNorm
 from .sites import find_norm_sites
 
 __all__ = ["ConversionError", "AffineRMSNorm", "CentredEmbeddingLayerNorm", "ARCHITECTURES", "to_rmsnorm",
@@ -103,54 +104,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 # ---------------------------------------------------------------------------------------------
 # the modules a conversion puts in
 # ---------------------------------------------------------------------------------------------
-
-class AffineRMSNorm(torch.nn.Module):
-    """RMSNorm with a gain and an optional bias: ``r = g * x / sqrt(||x||^2 / d + eps) + b`` (G8, G9).
-
-    What a residual-stream LayerNorm becomes once its input is orthogonal to 1:
-    ``LN_{alpha,beta}(x) = RMSNorm_alpha(x) + beta`` for ``1^T x = 0`` (G9, G18), with the LayerNorm's own
-    eps.  Differentiable (torch ops); ``weight``/``bias`` keep the LayerNorm's state-dict names, so a
-    converted checkpoint loads into the original architecture.  ``find_norm_sites`` identifies it as an
-    RMSNorm site (formula ``x / sqrt(mean(x^2) + eps) * w + b``).
-    """
-
-    def __init__(self, d: int, eps: float = 1e-5, *, bias: bool = True, device: Any = None,
-                 dtype: Any = None) -> None:
-        super().__init__()
-        if not isinstance(d, int) or d < 1:
-            raise ValueError(f"d: expected a positive int, got {d!r}")
-        self.normalized_shape = (d,)
-        self.eps = float(eps)
-        self.weight = torch.nn.Parameter(torch.ones(d, device=device, dtype=dtype))
-        self.bias = torch.nn.Parameter(torch.zeros(d, device=device, dtype=dtype)) if bias else None
-
-    @classmethod
-    def from_layer_norm(cls, ln: torch.nn.Module) -> AffineRMSNorm:
-        """The RMSNorm with ``ln``'s gain, bias and eps (sharing their tensors' values, not the objects)."""
-        weight = getattr(ln, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
-            raise ConversionError(f"{type(ln).__name__} has no 1-D gain; expected a LayerNorm with "
-                                  f"elementwise_affine=True")
-        bias = getattr(ln, "bias", None)
-        eps = getattr(ln, "eps", None)
-        if eps is None:
-            raise ConversionError(f"{type(ln).__name__} has no eps attribute")
-        new = cls(int(weight.shape[0]), float(eps), bias=isinstance(bias, torch.Tensor),
-                  device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(weight)
-            if new.bias is not None:
-                new.bias.copy_(bias)
-        new.train(ln.training)
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)
-        return y if self.bias is None else y + self.bias
-
-    def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
-
 
 class CentredEmbeddingLayerNorm(torch.nn.Module):
     """A LayerNorm on the embeddings whose output is centred: ``P LN_{alpha,beta}(e)`` (G4, G13).
