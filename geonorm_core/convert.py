@@ -48,7 +48,8 @@ from .nn import AffineRMSNorm
 from .sites import find_norm_sites
 
 __all__ = ["ConversionError", "AffineRMSNorm", "CentredEmbeddingLayerNorm", "ARCHITECTURES", "to_rmsnorm",
-           "save_converted", "load_converted", "is_converted", "convert_model", "CONVERSION_FILE"]
+           "save_converted", "load_converted", "is_converted", "convert_model", "load_model_or_converted",
+           "describe", "CONVERSION_FILE"]
 
 #: The file beside the ``save_pretrained`` output that says what :func:`to_rmsnorm` changed.
 CONVERSION_FILE = "geonorm_conversion.json"
@@ -458,7 +459,9 @@ def load_converted(path: str | os.PathLike, *, dtype: Any = torch.float32,
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ValueError(f"path: model class {record['model_class']!r} is not in this transformers")
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype = getattr(torch, dtype.lower().removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: expected a floating torch dtype or its name ('float32'), got {dtype!r}")
     model = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
     for name in record["centred_embedding_norms"]:
         _replace(model, name, CentredEmbeddingLayerNorm(model.get_submodule(name)))
@@ -482,11 +485,42 @@ def _load_tokenizer(transformers, folder: Path, model_type: str) -> Any:
 
 
 def convert_model(name_or_path: str, out_dir: str | os.PathLike, *, dtype: Any = "float32") -> dict:
-    """Load a model by name (:func:`geonorm_core.models.load_model`), convert it, save it: the
-    ``geonorm convert --model M --out DIR`` command.  Returns the conversion record."""
+    """Load a model by name (:func:`geonorm_core.models.load_model`: a short name such as
+    ``"whisper-base"``, a local checkpoint, a cached id), convert it (:func:`to_rmsnorm`, verified by the
+    probe) and save it (:func:`save_converted`): the ``geonorm convert --model M --out DIR`` command.
+
+    Returns
+    -------
+    dict
+        The conversion record (also in ``out_dir/geonorm_conversion.json``); :func:`describe` prints it.
+    """
     from .models import load_model
 
     model, tokenizer = load_model(name_or_path, dtype=dtype)
     converted = to_rmsnorm(model, inplace=True)
     save_converted(converted, tokenizer, out_dir)
     return dict(converted.geonorm_conversion)
+
+
+def load_model_or_converted(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu") -> tuple[Any, Any]:
+    """:func:`load_converted` for a folder :func:`save_converted` wrote, else
+    :func:`geonorm_core.models.load_model`: what ``geonorm analyze --model`` should call."""
+    if isinstance(name_or_path, (str, os.PathLike)) and is_converted(name_or_path):
+        return load_converted(name_or_path, dtype=dtype, device=device)
+    from .models import load_model
+
+    return load_model(name_or_path, dtype=dtype, device=device)
+
+
+def describe(record: dict) -> str:
+    """A few lines saying what a conversion changed (for the command line)."""
+    lines = [f"{record['model_class']} ({record['model_type']}): {len(record['rmsnorm_sites'])} LayerNorms -> "
+             f"RMSNorm(+bias), {len(record['centred_writers'])} writers and "
+             f"{len(record['centred_embeddings'])} embeddings centred"]
+    if record.get("centred_embedding_norms"):
+        lines.append(f"embedding LayerNorm output centred: {', '.join(record['centred_embedding_norms'])}")
+    if record.get("untied_output_embedding"):
+        lines.append("output embedding untied from the (now centred) input embedding")
+    if "probe_max_abs_cos" in record:
+        lines.append(f"probe: max |cos angle(x, 1)| at a converted site's input = {record['probe_max_abs_cos']:.2g}")
+    return "\n".join(lines)

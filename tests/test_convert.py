@@ -310,13 +310,22 @@ def test_whisper_base_analyze_measures_zero_gap(whisper_converted):
     _check_measured(report, names)
 
 
-def test_whisper_base_save_and_load(whisper_converted, tmp_path):
-    _, processor, converted = whisper_converted
-    save_converted(converted, processor, tmp_path)
-    loaded, proc = load_converted(tmp_path)
+def test_convert_whisper_base_command_round_trip(whisper_base, tmp_path):
+    """`geonorm convert --model whisper-base --out DIR`, then `geonorm analyze --model DIR` loads it back."""
+    from geonorm_core.convert import convert_model, describe, load_model_or_converted
+
+    model, processor = whisper_base
+    record = convert_model("whisper-base", tmp_path)
+    assert "19 LayerNorms -> RMSNorm(+bias)" in describe(record) and "untied" in describe(record)
+    loaded, proc = load_model_or_converted(str(tmp_path))
     assert type(proc).__name__ == "WhisperProcessor"
-    ids, feats = _whisper_inputs(processor, 16)
+    assert sum(isinstance(m, AffineRMSNorm) for m in loaded.modules()) == 19
+    ids, feats = _whisper_inputs(processor, 32)
     with torch.no_grad():
         a = loaded(input_features=feats, decoder_input_ids=ids).logits
-        b = converted(input_features=feats, decoder_input_ids=ids).logits
-    assert torch.equal(a, b)
+        b = model(input_features=feats, decoder_input_ids=ids).logits
+    assert _rel(a, b) <= LOGITS_RTOL
+
+
+def test_package_exposes_the_conversion():
+    assert gn.to_rmsnorm is to_rmsnorm and gn.load_converted is load_converted
