@@ -4,6 +4,11 @@
     python benchmarks/convert_speed.py model --setting gpt2-small     # GPT-2-small-shaped, random weights
     python benchmarks/convert_speed.py ops --d 512 --rows 4096        # the norm ops alone
     python benchmarks/convert_speed.py model --device cuda            # torch's kernels on a GPU
+    python benchmarks/convert_speed.py verify --max-tokens 1024       # Whisper base on spoken corpus text
+
+``verify``: Whisper base, original and converted, on the bundled corpus spoken by espeak-ng: the
+decoder's next-token loss of both (must agree to 1e-5), and ``analyze`` of the converted decoder's
+sites (LN-RMS gap and the angle of the stream with 1 at every converted site).
 
 ``model``: the same fixed batch runs, interleaved, through four versions of one model (one process,
 fp32, ``torch.inference_mode``): the original (torch LayerNorm), the converted model
@@ -157,6 +162,47 @@ def bench_ops(d: int, rows: int, repeats: int) -> dict:
                     for k, v in med.items()}}
 
 
+def verify_whisper(max_tokens: int, batch_size: int) -> dict:
+    import torch
+
+    from geonorm_core.convert import to_rmsnorm
+    from geonorm_core.corpus import default_text
+    from geonorm_core.whisper import WhisperDecoderFeed, load_whisper_base, whisper_batches
+
+    model, processor = load_whisper_base()
+    converted = to_rmsnorm(model)
+    batches = list(whisper_batches(default_text(), processor, seq_len=448, batch_size=batch_size,
+                                   max_tokens=max_tokens))
+
+    def loss(m):
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for b in batches:
+                logits = m(input_features=b["input_features"], decoder_input_ids=b["input_ids"],
+                           decoder_attention_mask=b["attention_mask"], use_cache=False).logits
+                keep = b["attention_mask"][:, 1:].bool()
+                nll = torch.nn.functional.cross_entropy(logits[:, :-1].double().transpose(1, 2),
+                                                        b["input_ids"][:, 1:], reduction="none")
+                total += float(nll[keep].sum())
+                count += int(keep.sum())
+        return total / count, count
+
+    (loss_orig, n), (loss_conv, _) = loss(model), loss(converted)
+    from geonorm_core.adapter import analyze
+
+    feed = WhisperDecoderFeed(converted)
+    names = feed.site_names("decoder")
+    report = analyze(feed, batches, sites=names)
+    sites = report.sites
+    return {"model": "whisper-base", "tokens": sum(int(b["attention_mask"].sum()) for b in batches),
+            "predicted_tokens": n, "loss_original": loss_orig, "loss_converted": loss_conv,
+            "loss_abs_diff": abs(loss_conv - loss_orig), "converted_sites": len(names),
+            "max_ln_rms_gap": max(sites[k].ln_rms_gap.max for k in names),
+            "max_angle_deviation_deg": max(max(abs(sites[k].angle_hidden.min - 90), abs(sites[k].angle_hidden.max - 90))
+                                           for k in names),
+            "probe_max_abs_cos": converted.geonorm_conversion["probe_max_abs_cos"]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -170,8 +216,13 @@ def main(argv=None) -> int:
     o.add_argument("--d", type=int, default=512)
     o.add_argument("--rows", type=int, default=4096)
     o.add_argument("--repeats", type=int, default=15)
+    v = sub.add_parser("verify")
+    v.add_argument("--max-tokens", type=int, default=1024)
+    v.add_argument("--batch-size", type=int, default=4)
     args = p.parse_args(argv)
-    if args.what == "model":
+    if args.what == "verify":
+        res = verify_whisper(args.max_tokens, args.batch_size)
+    elif args.what == "model":
         res = bench_model(args.setting, args.batch, args.seq_len, args.repeats, args.device)
     else:
         res = bench_ops(args.d, args.rows, args.repeats)
