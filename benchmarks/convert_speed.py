@@ -44,7 +44,7 @@ def _setting(name: str, device: str):
     if name == "whisper-base":
         from geonorm_core.whisper import load_whisper_base
 
-        model, processor = load_whisper_base()
+        model, _ = load_whisper_base()
         return model, "whisper"
     if name == "gpt2-small":
         torch.manual_seed(0)

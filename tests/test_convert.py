@@ -137,6 +137,20 @@ def test_logits_and_loss_unchanged(tiny_models, arch):
                    for n, m in converted.named_modules() if "embeddings_layernorm" not in n)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_converted_fp32_is_closer_to_the_fp64_original(tiny_models, arch):
+    """The fp32 difference is the original's rounding: its LayerNorms see a stream with a large mean."""
+    import copy
+
+    model = tiny_models[arch]
+    ids = _corpus_ids()
+    with torch.no_grad():
+        truth = copy.deepcopy(model).double()(input_ids=ids).logits
+        orig_err = _rel(model(input_ids=ids).logits.double(), truth)
+        conv_err = _rel(to_rmsnorm(model)(input_ids=ids).logits.double(), truth)
+    assert conv_err < orig_err / 5, (conv_err, orig_err)
+
+
 def test_tied_embeddings_are_untied_and_unembedding_not_centred(tiny_models):
     model = tiny_models["gpt2"]
     assert model.lm_head.weight is model.transformer.wte.weight
