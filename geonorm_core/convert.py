@@ -49,7 +49,7 @@ from .sites import find_norm_sites
 
 __all__ = ["ConversionError", "AffineRMSNorm", "CentredEmbeddingLayerNorm", "ARCHITECTURES", "to_rmsnorm",
            "save_converted", "load_converted", "is_converted", "convert_model", "load_model_or_converted",
-           "describe", "CONVERSION_FILE"]
+           "describe", "run_convert_command", "CONVERSION_FILE"]
 
 #: The file beside the ``save_pretrained`` output that says what :func:`to_rmsnorm` changed.
 CONVERSION_FILE = "geonorm_conversion.json"
@@ -500,6 +500,19 @@ def convert_model(name_or_path: str, out_dir: str | os.PathLike, *, dtype: Any =
     converted = to_rmsnorm(model, inplace=True)
     save_converted(converted, tokenizer, out_dir)
     return dict(converted.geonorm_conversion)
+
+
+def run_convert_command(args: Any) -> int:
+    """``geonorm convert``: ``args.model``, ``args.out`` and ``args.dtype`` (argparse) -> a saved converted
+    model; prints what changed and where it went.  Exit code 0; a model that cannot be converted exactly
+    raises :class:`ConversionError` with the reason."""
+    import sys
+
+    print(f"loading {args.model} ({args.dtype}) ...", file=sys.stderr, flush=True)
+    record = convert_model(args.model, args.out, dtype=args.dtype)
+    print(describe(record))
+    print(f"wrote {args.out}/ (load it with geonorm_core.load_converted or `geonorm analyze --model {args.out}`)")
+    return 0
 
 
 def load_model_or_converted(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu") -> tuple[Any, Any]:

@@ -324,13 +324,19 @@ def test_whisper_base_analyze_measures_zero_gap(whisper_converted):
     _check_measured(report, names)
 
 
-def test_convert_whisper_base_command_round_trip(whisper_base, tmp_path):
+def test_convert_whisper_base_command_round_trip(whisper_base, tmp_path, capsys):
     """`geonorm convert --model whisper-base --out DIR`, then `geonorm analyze --model DIR` loads it back."""
-    from geonorm_core.convert import convert_model, describe, load_model_or_converted
+    import json
+    import types
+
+    from geonorm_core.convert import load_model_or_converted, run_convert_command
 
     model, processor = whisper_base
-    record = convert_model("whisper-base", tmp_path)
-    assert "19 LayerNorms -> RMSNorm(+bias)" in describe(record) and "untied" in describe(record)
+    assert run_convert_command(types.SimpleNamespace(model="whisper-base", out=str(tmp_path), dtype="float32")) == 0
+    printed = capsys.readouterr().out
+    assert "19 LayerNorms -> RMSNorm(+bias)" in printed and "untied" in printed and str(tmp_path) in printed
+    record = json.loads((tmp_path / CONVERSION_FILE).read_text())
+    assert record["probe_max_abs_cos"] < 1e-6 and record["tokenizer_class"] == "WhisperProcessor"
     loaded, proc = load_model_or_converted(str(tmp_path))
     assert type(proc).__name__ == "WhisperProcessor"
     assert sum(isinstance(m, AffineRMSNorm) for m in loaded.modules()) == 19
