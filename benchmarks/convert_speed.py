@@ -156,7 +156,8 @@ def bench_ops(d: int, rows: int, repeats: int) -> dict:
                 times[name].append((time.perf_counter() - t0) / 10)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["torch layer_norm"]
-    return {"rows": rows, "d": d, "dtype": "float32", "repeats": repeats, "torch_threads": torch.get_num_threads(),
+    return {"rows": rows, "d": d, "dtype": "float32", "repeats": repeats,
+            "torch_threads": torch.get_num_threads(),
             "geonorm_threads": gn.get_num_threads(), "simd": gn.kernel_info()["simd"],
             "ops": {k: {"median_us": round(v * 1e6, 1), "speed_vs_torch_layer_norm": round(base / v, 3)}
                     for k, v in med.items()}}
@@ -198,8 +199,8 @@ def verify_whisper(max_tokens: int, batch_size: int) -> dict:
             "predicted_tokens": n, "loss_original": loss_orig, "loss_converted": loss_conv,
             "loss_abs_diff": abs(loss_conv - loss_orig), "converted_sites": len(names),
             "max_ln_rms_gap": max(sites[k].ln_rms_gap.max for k in names),
-            "max_angle_deviation_deg": max(max(abs(sites[k].angle_hidden.min - 90), abs(sites[k].angle_hidden.max - 90))
-                                           for k in names),
+            "max_angle_deviation_deg": max(max(abs(sites[k].angle_hidden.min - 90),
+                                               abs(sites[k].angle_hidden.max - 90)) for k in names),
             "probe_max_abs_cos": converted.geonorm_conversion["probe_max_abs_cos"]}
 
 

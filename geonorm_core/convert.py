@@ -118,7 +118,8 @@ class CentredEmbeddingLayerNorm(torch.nn.Module):
     def __init__(self, ln: torch.nn.LayerNorm) -> None:
         super().__init__()
         if not isinstance(ln, torch.nn.LayerNorm) or len(ln.normalized_shape) != 1:
-            raise ConversionError(f"embedding norm: expected a 1-D torch.nn.LayerNorm, got {type(ln).__name__}")
+            raise ConversionError(f"embedding norm: expected a 1-D torch.nn.LayerNorm, "
+                                  f"got {type(ln).__name__}")
         self.normalized_shape = tuple(ln.normalized_shape)
         self.ln_eps = float(ln.eps)  # not "eps": find_norm_sites must not take this for a norm site
         self.weight = ln.weight
@@ -222,7 +223,8 @@ def _architecture(model: torch.nn.Module) -> tuple[Architecture, str]:
             why = (" It is post-LN: the LayerNorm output is the residual stream itself, so no "
                    "weight change makes its input orthogonal to 1 and LN != RMSNorm there.")
         raise ConversionError(f"model: cannot convert model_type={model_type!r} "
-                              f"({type(model).__name__}) exactly.{why} Supported pre-LN architectures: {known}")
+                              f"({type(model).__name__}) exactly.{why} "
+                              f"Supported pre-LN architectures: {known}")
     return ARCHITECTURES[model_type], model_type
 
 
@@ -355,7 +357,8 @@ def _probe_inputs(model: torch.nn.Module) -> dict:
         frames = 2 * int(config.max_source_positions)
         feats = torch.randn(1, int(config.num_mel_bins), frames, generator=gen)
         dtype = next(model.parameters()).dtype
-        return {"input_features": feats.to(device, dtype).expand(2, -1, -1), "decoder_input_ids": ids.to(device)}
+        return {"input_features": feats.to(device, dtype).expand(2, -1, -1),
+                "decoder_input_ids": ids.to(device)}
     return {"input_ids": ids.to(device)}
 
 
@@ -448,10 +451,12 @@ def load_converted(path: str | os.PathLike, *, dtype: Any = torch.float32,
     """
     folder = Path(path)
     if not is_converted(folder):
-        raise ValueError(f"path: {os.fspath(path)!r} has no {CONVERSION_FILE}; not a folder save_converted wrote")
+        raise ValueError(f"path: {os.fspath(path)!r} has no {CONVERSION_FILE}; "
+                         "not a folder save_converted wrote")
     record = json.loads((folder / CONVERSION_FILE).read_text())
     if record.get("format") != _FORMAT:
-        raise ValueError(f"path: {CONVERSION_FILE} has format {record.get('format')!r}, this geonorm reads {_FORMAT}")
+        raise ValueError(f"path: {CONVERSION_FILE} has format {record.get('format')!r}, "
+                         f"this geonorm reads {_FORMAT}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
@@ -467,7 +472,8 @@ def load_converted(path: str | os.PathLike, *, dtype: Any = torch.float32,
         _replace(model, name, CentredEmbeddingLayerNorm(model.get_submodule(name)))
     for name in record["rmsnorm_sites"]:
         _replace(model, name, AffineRMSNorm.from_layer_norm(model.get_submodule(name)))
-    model.geonorm_conversion = {k: v for k, v in record.items() if k not in ("geonorm_version", "tokenizer_class")}
+    model.geonorm_conversion = {k: v for k, v in record.items()
+                                if k not in ("geonorm_version", "tokenizer_class")}
     model = model.to(device).eval()
     if record.get("tokenizer_class") is None:
         return model, None
@@ -511,11 +517,13 @@ def run_convert_command(args: Any) -> int:
     print(f"loading {args.model} ({args.dtype}) ...", file=sys.stderr, flush=True)
     record = convert_model(args.model, args.out, dtype=args.dtype)
     print(describe(record))
-    print(f"wrote {args.out}/ (load it with geonorm_core.load_converted or `geonorm analyze --model {args.out}`)")
+    print(f"wrote {args.out}/ (load it with geonorm_core.load_converted or "
+          f"`geonorm analyze --model {args.out}`)")
     return 0
 
 
-def load_model_or_converted(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu") -> tuple[Any, Any]:
+def load_model_or_converted(name_or_path: str, *, dtype: Any = "float32",
+                            device: Any = "cpu") -> tuple[Any, Any]:
     """:func:`load_converted` for a folder :func:`save_converted` wrote, else
     :func:`geonorm_core.models.load_model`: what ``geonorm analyze --model`` should call."""
     if isinstance(name_or_path, (str, os.PathLike)) and is_converted(name_or_path):
@@ -527,13 +535,15 @@ def load_model_or_converted(name_or_path: str, *, dtype: Any = "float32", device
 
 def describe(record: dict) -> str:
     """A few lines saying what a conversion changed (for the command line)."""
-    lines = [f"{record['model_class']} ({record['model_type']}): {len(record['rmsnorm_sites'])} LayerNorms -> "
-             f"RMSNorm(+bias), {len(record['centred_writers'])} writers and "
+    lines = [f"{record['model_class']} ({record['model_type']}): "
+             f"{len(record['rmsnorm_sites'])} LayerNorms -> RMSNorm(+bias), "
+             f"{len(record['centred_writers'])} writers and "
              f"{len(record['centred_embeddings'])} embeddings centred"]
     if record.get("centred_embedding_norms"):
         lines.append(f"embedding LayerNorm output centred: {', '.join(record['centred_embedding_norms'])}")
     if record.get("untied_output_embedding"):
         lines.append("output embedding untied from the (now centred) input embedding")
     if "probe_max_abs_cos" in record:
-        lines.append(f"probe: max |cos angle(x, 1)| at a converted site's input = {record['probe_max_abs_cos']:.2g}")
+        lines.append("probe: max |cos angle(x, 1)| at a converted site's input = "
+                     f"{record['probe_max_abs_cos']:.2g}")
     return "\n".join(lines)

@@ -75,7 +75,8 @@ class AffineRMSNorm(torch.nn.Module):
 def _native_ok(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     if x.device.type != "cpu" or x.dtype not in _NATIVE_DTYPES or x.dim() == 0:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
+    needs_grad = x.requires_grad or any(p is not None and p.requires_grad for p in params)
+    if torch.is_grad_enabled() and needs_grad:
         return False  # autograd needs torch's ops
     return all(p is None or p.device.type == "cpu" for p in params)
 
@@ -169,8 +170,8 @@ class RMSNorm(_NativeNorm):
     else ``torch.nn.functional.rms_norm``.  Parameters as :class:`LayerNorm` (``bias`` defaults to False).
     """
 
-    def __init__(self, d: int, eps: float = 1e-6, *, bias: bool = False, device: Any = None, dtype: Any = None,
-                 num_threads: int | None = None) -> None:
+    def __init__(self, d: int, eps: float = 1e-6, *, bias: bool = False, device: Any = None,
+                 dtype: Any = None, num_threads: int | None = None) -> None:
         super().__init__(d, eps, bias=bias, device=device, dtype=dtype, num_threads=num_threads)
 
     @classmethod

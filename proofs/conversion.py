@@ -115,10 +115,12 @@ def _vec(name):
 IDENTITIES = [
     Identity("G16", "centring a writer (w → Pw; W → PW, b → Pb) preserves every downstream LayerNorm: "
              "LN(s + Pw) = LN(s + w), LN(Ps) = LN(s)", ALL_D, prove_g16,
-             lambda: (eq(_vec(r"\mathrm{LN}_{\alpha,\beta}(s + P w)"), _vec(r"\mathrm{LN}_{\alpha,\beta}(s + w)")),
+             lambda: (eq(_vec(r"\mathrm{LN}_{\alpha,\beta}(s + P w)"),
+                         _vec(r"\mathrm{LN}_{\alpha,\beta}(s + w)")),
                       eq(_vec(r"\mathrm{LN}_{\alpha,\beta}(P s)"), _vec(r"\mathrm{LN}_{\alpha,\beta}(s)")),
                       eq(_P * (_W * _h + _vec("b")), (_P * _W) * _h + _P * _vec("b"))),
-             FAMILY, "Σ-linearity; ε > 0 kept symbolic", (claim_g16_linear, claim_g16_write, claim_g16_stream)),
+             FAMILY, "Σ-linearity; ε > 0 kept symbolic",
+             (claim_g16_linear, claim_g16_write, claim_g16_stream)),
     Identity("G17", "a sum of centred writes is centred: 1ᵀ(Σₖ P wₖ) = 0", ALL_D, prove_g17,
              lambda: (eq(D.one.T * (_P * _vec("u") + _P * _vec("v") + _P * _vec("w")), 0),),
              FAMILY, "Σ-linearity", (claim_g17,)),
@@ -126,17 +128,20 @@ IDENTITIES = [
              "RMSNorm_α(Ps) + β = LN_{α,β}(s)", ALL_D, prove_g18,
              lambda: (sp.Implies(eq(D.one.T * D.x, 0), eq(_vec(r"\mathrm{LN}_{\alpha,\beta}(x)"),
                                                           _vec(r"\mathrm{RMSNorm}_{\alpha}(x)") + _b)),
-                      eq(_vec(r"\mathrm{RMSNorm}_{\alpha}(P s)") + _b, _vec(r"\mathrm{LN}_{\alpha,\beta}(s)"))),
+                      eq(_vec(r"\mathrm{RMSNorm}_{\alpha}(P s)") + _b,
+                         _vec(r"\mathrm{LN}_{\alpha,\beta}(s)"))),
              FAMILY, "Σ-linearity; hypothesis 1ᵀx = 0 as the rule Σxᵢ = 0",
              (claim_g18_perp, claim_g18_converted)),
 ]
 
 CONTROLS = [
-    Control("N8", "a centred unembedding tied to the centred embedding keeps the logits: (Pe)ᵀLN(x) = eᵀLN(x)",
+    Control("N8", "a centred unembedding tied to the centred embedding keeps the logits: "
+            "(Pe)ᵀLN(x) = eᵀLN(x)",
             "G16", claim_tied_centred_unembedding,
             lambda: eq((_P * _vec("e")).T * _vec(r"\mathrm{LN}_{\alpha,\beta}(x)"),
                        _vec("e").T * _vec(r"\mathrm{LN}_{\alpha,\beta}(x)"))),
     Control("N9", "an uncentred writer keeps the equality: LN_{α,β}(Pu + w) = RMSNorm_α(Pu + w) + β",
             "G18", claim_uncentred_writer,
-            lambda: eq(_vec(r"\mathrm{LN}_{\alpha,\beta}(P u + w)"), _vec(r"\mathrm{RMSNorm}_{\alpha}(P u + w)") + _b)),
+            lambda: eq(_vec(r"\mathrm{LN}_{\alpha,\beta}(P u + w)"),
+                       _vec(r"\mathrm{RMSNorm}_{\alpha}(P u + w)") + _b)),
 ]

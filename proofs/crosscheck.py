@@ -424,9 +424,10 @@ def check_g16(gn, data, C, rng):
         pw = _np_out(gn.remove_uniform(w_dt))
         s1 = (r.x64 + w_dt.astype(np.float64)).astype(dt)
         s2 = (r.x64 + pw).astype(dt)
-        s1_64, s2_64 = s1.astype(np.float64), s2.astype(np.float64)
+        s1_64 = s1.astype(np.float64)
         # s2 − s1 is a multiple of 1 only up to the rounding of Pw and of the two sums: u(|s| + |w|)
-        sc = np.abs(a64) * (_ln_scale(s1_64, eps) + (np.abs(w) + _rms(w)) / np.sqrt(_var(s1_64) + eps)) + np.abs(b64)
+        sc = (np.abs(a64) * (_ln_scale(s1_64, eps) + (np.abs(w) + _rms(w)) / np.sqrt(_var(s1_64) + eps))
+              + np.abs(b64))
         C.close(f"{r.name}: LN(s + Pw) = LN(s + w)", _np_out(gn.layer_norm(s2, a, b, eps=eps)),
                 _np_out(gn.layer_norm(s1, a, b, eps=eps)), sc)
         sc = np.abs(a64) * _ln_scale(r.x64, eps) + np.abs(b64)
@@ -453,9 +454,10 @@ def check_g18(gn, data, C, rng):
         ps = gn.remove_uniform(r.x)
         via_rms = _np_out(gn.rms_norm(ps, a, eps=eps)) + b64
         # Ps is ⟂ 1 only up to the rounding of x − μ1 (u(|xᵢ| + |μ|)), as in G9
-        sc = np.abs(a64) * (_ln_scale(r.x64, eps) + (np.abs(r.x64) + _rms(r.x64)) / np.sqrt(_var(r.x64) + eps)) \
-            + np.abs(b64)
-        C.close(f"{r.name}: RMSNorm_α(Ps) + β = LN_αβ(s)", via_rms, _np_out(gn.layer_norm(r.x, a, b, eps=eps)), sc)
+        spread = (np.abs(r.x64) + _rms(r.x64)) / np.sqrt(_var(r.x64) + eps)
+        sc = np.abs(a64) * (_ln_scale(r.x64, eps) + spread) + np.abs(b64)
+        C.close(f"{r.name}: RMSNorm_α(Ps) + β = LN_αβ(s)", via_rms,
+                _np_out(gn.layer_norm(r.x, a, b, eps=eps)), sc)
 
 
 CHECKS: dict[str, Callable] = {

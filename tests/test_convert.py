@@ -38,17 +38,20 @@ def _tiny_configs() -> dict:
         "gpt_neo": T.GPTNeoConfig(hidden_size=D, num_layers=2, num_heads=4, max_position_embeddings=64,
                                   attention_types=[[["global", "local"], 1]], window_size=8, **common),
         "gptj": T.GPTJConfig(n_embd=D, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, **common),
-        "gpt_neox": T.GPTNeoXConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                    max_position_embeddings=64, use_parallel_residual=True, **common),
+        "gpt_neox": T.GPTNeoXConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=64,
+                                    use_parallel_residual=True, **common),
         "gpt_neox_sequential": T.GPTNeoXConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=4,
                                                intermediate_size=64, max_position_embeddings=64,
                                                use_parallel_residual=False, **common),
         "opt": T.OPTConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
                            max_position_embeddings=64, word_embed_proj_dim=D, **common),
-        "opt_project_in_out": T.OPTConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
-                                          max_position_embeddings=64, word_embed_proj_dim=16, **common),
+        "opt_project_in_out": T.OPTConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=4,
+                                          ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=16,
+                                          **common),
         "phi": T.PhiConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=64, partial_rotary_factor=0.5, qk_layernorm=True, **common),
+                           max_position_embeddings=64, partial_rotary_factor=0.5, qk_layernorm=True,
+                           **common),
         "bloom": T.BloomConfig(hidden_size=D, n_layer=2, n_head=4, **common),
     }
 
@@ -65,7 +68,7 @@ def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Norm gains/biases away from 1/0 and embeddings with a component along 1, so the test has teeth."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, mod in model.named_modules():
+        for mod in model.modules():
             if isinstance(mod, torch.nn.LayerNorm) and mod.weight is not None:
                 mod.weight.copy_(0.5 + torch.rand(mod.weight.shape, generator=gen))
                 if mod.bias is not None:
@@ -232,8 +235,8 @@ def test_refuses_post_ln_opt():
 
 
 def test_refuses_rmsnorm_llama():
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=64)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=64)
     with pytest.raises(ConversionError, match="RMSNorm already"):
         to_rmsnorm(transformers.LlamaForCausalLM(cfg))
 
@@ -332,7 +335,8 @@ def test_convert_whisper_base_command_round_trip(whisper_base, tmp_path, capsys)
     from geonorm_core.convert import load_model_or_converted, run_convert_command
 
     model, processor = whisper_base
-    assert run_convert_command(types.SimpleNamespace(model="whisper-base", out=str(tmp_path), dtype="float32")) == 0
+    args = types.SimpleNamespace(model="whisper-base", out=str(tmp_path), dtype="float32")
+    assert run_convert_command(args) == 0
     printed = capsys.readouterr().out
     assert "19 LayerNorms -> RMSNorm(+bias)" in printed and "untied" in printed and str(tmp_path) in printed
     record = json.loads((tmp_path / CONVERSION_FILE).read_text())

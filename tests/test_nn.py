@@ -22,7 +22,8 @@ def _rows(shape, dtype, seed):
 
 def _params(d, seed):
     g = torch.Generator().manual_seed(seed + 1)
-    return torch.rand(d, generator=g, dtype=torch.float64) + 0.5, torch.randn(d, generator=g, dtype=torch.float64)
+    weight = torch.rand(d, generator=g, dtype=torch.float64) + 0.5
+    return weight, torch.randn(d, generator=g, dtype=torch.float64)
 
 
 def _reference_rms(x, w, b, eps):
@@ -83,7 +84,8 @@ def test_non_contiguous_input(calls):
         mod.bias.normal_()
         x = _rows((6, 2 * d), torch.float32, 0)[:, ::2]
         assert not x.is_contiguous()
-        torch.testing.assert_close(mod(x), _reference_rms(x, mod.weight, mod.bias, 1e-5), **TOL[torch.float32])
+        want = _reference_rms(x, mod.weight, mod.bias, 1e-5)
+        torch.testing.assert_close(mod(x), want, **TOL[torch.float32])
     assert calls["rms_norm"] == 1
 
 
