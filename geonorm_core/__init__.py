@@ -24,13 +24,15 @@ __all__ = [
     "Moments", "Histogram", "Quantity", "SiteStats", "Report",
     "NormSite", "find_norm_sites", "analyze", "Analyzer", "load_model", "GeometryMonitor", "Timeline",
     "dump", "analyze_dump", "open_activations", "ActivationSite", "DumpError", "swap_test", "swapped", "SwapResult",
+    "to_rmsnorm", "save_converted", "load_converted",
 ]
 
 # These need torch (and transformers): imported on first use, so the core works without them.
 _TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites", "analyze": "adapter", "Analyzer": "adapter",
                "load_model": "models", "GeometryMonitor": "monitor", "Timeline": "monitor",
                "dump": "dumps.writing", "swap_test": "swap", "swapped": "swap",
-               "SwapResult": "swap"}
+               "SwapResult": "swap", "to_rmsnorm": "convert", "save_converted": "convert",
+               "load_converted": "convert"}
 
 
 def __getattr__(name):

@@ -23,7 +23,8 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     Parameters
     ----------
     model : a short name (``smollm2``, ``gemma3``, ``minilm``, ``whisper-base``), a local
-        checkpoint or a cached Hugging Face id (:func:`geonorm_core.models.load_model`).
+        checkpoint, a folder ``geonorm convert`` wrote, or a cached Hugging Face id
+        (:func:`geonorm_core.convert.load_model_or_converted`).
     text : a UTF-8 text file; None: the bundled public-domain corpus.
     max_tokens, seq_len, batch_size : see :func:`geonorm_core.corpus.token_batches`.
     device, dtype : where and in which precision the model runs.
@@ -35,13 +36,13 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     """
     from .corpus import default_text, read_text, token_batches
     from .loading import import_torch_side, resolve_dtype
-    from .models import load_model
+    from .convert import load_model_or_converted
 
     torch, _ = import_torch_side()
     resolve_dtype(torch, dtype)  # a bad dtype fails before the model loads
     body = read_text(text) if text else default_text()
     print(f"loading {model} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
-    net, tokenizer = load_model(model, dtype=dtype, device=device)
+    net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device)
     if getattr(net.config, "model_type", None) == "whisper":
         from .whisper import WhisperDecoderFeed, whisper_batches
 

@@ -1,4 +1,4 @@
-"""Symbolic proofs of the geometry of LayerNorm and RMSNorm (SCIENCE.md §1, G1–G15).
+"""Symbolic proofs of the geometry of LayerNorm and RMSNorm (SCIENCE.md §1, G1–G15; G16–G18 for the conversion).
 
 Each identity is proved for a symbolic dimension d with sympy (see :mod:`.toolkit` for the method),
 each plausible wrong variant (a *negative control*) must be rejected by the same checker, and each
@@ -9,10 +9,10 @@ identity is evaluated numerically with geonorm_core's kernels (:mod:`.crosscheck
 
 from __future__ import annotations
 
-from . import invariance, layernorm_rmsnorm, projection, random_baseline, rotation, standardization
+from . import conversion, invariance, layernorm_rmsnorm, projection, random_baseline, rotation, standardization
 from .toolkit import Control, Identity
 
-FAMILIES = (projection, standardization, layernorm_rmsnorm, invariance, rotation, random_baseline)
+FAMILIES = (projection, standardization, layernorm_rmsnorm, invariance, rotation, random_baseline, conversion)
 
 
 def _num(s: str) -> int:
@@ -20,7 +20,7 @@ def _num(s: str) -> int:
 
 
 def identities() -> list[Identity]:
-    """G1–G15, in order."""
+    """G1–G18, in order (G16–G18: the LayerNorm → RMSNorm conversion)."""
     return sorted((i for f in FAMILIES for i in f.IDENTITIES), key=lambda i: _num(i.id))
 
 

