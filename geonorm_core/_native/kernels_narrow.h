@@ -234,6 +234,88 @@ GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, do
     *qp = s_p;
 }
 
+/* The hidden row's pass of the fused site kernel (gn_site_values): what `dev` gives
+ * and, for the LN-RMS gap (G9), the sums weighted by gg = w^2 and gb = w b (floats,
+ * NULL: that sum is 0), all for t = x - c in float32 lanes with float64 carries:
+ *   s = {sum t^2, sum t, sum gg t^2, sum gg t, sum gb t, max |x|}.
+ * Two chains of W elements per step, so each accumulator takes GN_BLOCK terms per
+ * lane between carries, as in `dev`; elements are loaded in order (not GN_PAIR's
+ * lane order) because the weights must line up with them. */
+GN_TARGET static void GN_FN(devw)(const void *xv, int64_t d, double c, const float *gg, const float *gb,
+                                  double *s)
+{
+    const GN_CT *x = (const GN_CT *)xv;
+    const VF vc = VF_SET1((float)c);
+    VD q = VD_ZERO, e = VD_ZERO, w2 = VD_ZERO, w1 = VD_ZERO, b1 = VD_ZERO;
+#if GN_RAW16
+    VI m = VI_ZERO;
+#else
+    VF m = VF_ZERO;
+#endif
+    int64_t i = 0;
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK2_END(i, d);
+        VF q0 = VF_ZERO, q1 = VF_ZERO, e0 = VF_ZERO, e1 = VF_ZERO, a0 = VF_ZERO, a1 = VF_ZERO;
+        VF g0 = VF_ZERO, g1 = VF_ZERO, h0 = VF_ZERO, h1 = VF_ZERO;
+        for (; i + 2 * W <= end; i += 2 * W) {
+            VF v0 = GN_LOAD(x + i), v1 = GN_LOAD(x + i + W);
+#if GN_RAW16
+            m = VI_MAXMAG16(m, VI_LOADU(x + i));
+#else
+            m = VF_MAX(m, VF_MAX(VF_ABS(v0), VF_ABS(v1)));
+#endif
+            v0 = VF_SUB(v0, vc);
+            v1 = VF_SUB(v1, vc);
+            q0 = VF_FMA(v0, v0, q0);
+            q1 = VF_FMA(v1, v1, q1);
+            e0 = VF_ADD(e0, v0);
+            e1 = VF_ADD(e1, v1);
+            if (gg) {
+                const VF u0 = VF_MUL(VF_LOADU(gg + i), v0), u1 = VF_MUL(VF_LOADU(gg + i + W), v1);
+                a0 = VF_FMA(u0, v0, a0);
+                a1 = VF_FMA(u1, v1, a1);
+                g0 = VF_ADD(g0, u0);
+                g1 = VF_ADD(g1, u1);
+            }
+            if (gb) {
+                h0 = VF_FMA(VF_LOADU(gb + i), v0, h0);
+                h1 = VF_FMA(VF_LOADU(gb + i + W), v1, h1);
+            }
+        }
+        q = VD_ADD(q, GN_WIDEN1(VF_ADD(q0, q1)));
+        e = VD_ADD(e, GN_WIDEN1(VF_ADD(e0, e1)));
+        if (gg) {
+            w2 = VD_ADD(w2, GN_WIDEN1(VF_ADD(a0, a1)));
+            w1 = VD_ADD(w1, GN_WIDEN1(VF_ADD(g0, g1)));
+        }
+        if (gb) b1 = VD_ADD(b1, GN_WIDEN1(VF_ADD(h0, h1)));
+    }
+#if GN_RAW16
+    double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m));
+#else
+    double mx = VF_REDUCE_MAX(m);
+#endif
+    double qs = VD_REDUCE(q), es = VD_REDUCE(e), w2s = VD_REDUCE(w2), w1s = VD_REDUCE(w1), b1s = VD_REDUCE(b1);
+    for (; i < d; i++) {
+        const float v = GN_TO_FLOAT(x[i]), t = v - (float)c;
+        qs += (double)t * t;
+        es += t;
+        if (gg) {
+            const float u = gg[i] * t;
+            w2s += (double)u * t;
+            w1s += u;
+        }
+        if (gb) b1s += (double)(gb[i] * t);
+        mx = fmax(mx, fabsf(v));
+    }
+    s[0] = qs;
+    s[1] = es;
+    s[2] = w2s;
+    s[3] = w1s;
+    s[4] = b1s;
+    s[5] = mx;
+}
+
 /* out = ((x - mu) * scale) * w + b, in float32, rounded once to the output type. */
 GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double mu, double scale,
                                     const void *wv, const void *bv)
