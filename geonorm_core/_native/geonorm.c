@@ -42,7 +42,7 @@ typedef struct {
     /* rotation's two passes over a pair of rows of one narrow type (SIMD paths only; NULL
      * elsewhere, where the float64 row functions serve) */
     void (*sumsq2)(const void *x, const void *y, int64_t d, double *nx, double *ny);
-    void (*kahan)(const void *x, const void *y, int64_t d, double a, double b, double *qm, double *qp);
+    void (*kahan)(const void *x, const void *y, int64_t d, double s, double *qm, double *qp);
     /* the fused site pass over a hidden row (kernels_narrow.h); NULL where rotation's are */
     void (*devw)(const void *x, int64_t d, double c, const float *gg, const float *gb, double *s);
 } gn_kernels;
@@ -155,6 +155,7 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #define VF_SUB _mm512_sub_ps
 #define VF_MUL _mm512_mul_ps
 #define VF_FMA _mm512_fmadd_ps
+#define VF_FNMA _mm512_fnmadd_ps
 #define VF_LOADU _mm512_loadu_ps
 #define VD_ZERO _mm512_setzero_pd()
 #define VD_SET1 _mm512_set1_pd
@@ -236,6 +237,7 @@ GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
 #define VF_SUB _mm256_sub_ps
 #define VF_MUL _mm256_mul_ps
 #define VF_FMA _mm256_fmadd_ps
+#define VF_FNMA _mm256_fnmadd_ps
 #define VF_LOADU _mm256_loadu_ps
 #define VD_ZERO _mm256_setzero_pd()
 #define VD_SET1 _mm256_set1_pd
@@ -750,7 +752,7 @@ static double gn_row_rotation(const gn_rowops *ops, const gn_kernels *fast, int 
         fast->sumsq2(xr, yr, d, &nx, &ny);
         if (nx >= 0x1p-100 && ny >= 0x1p-100 && nx <= 0x1p100 && ny <= 0x1p100) {
             double qm, qp;
-            fast->kahan(xr, yr, d, 1.0 / sqrt(nx), 1.0 / sqrt(ny), &qm, &qp);
+            fast->kahan(xr, yr, d, sqrt(nx / ny), &qm, &qp);
             return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
         }
     }
@@ -1117,7 +1119,7 @@ int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, con
              * scales and rotate by exactly 0) */
             if (fast && fx && fx == fy && nx >= 0x1p-50 && ny >= 0x1p-50 && nx <= 0x1p50 && ny <= 0x1p50) {
                 double qm, qp;
-                fast->kahan(xr, yr, d, 1.0 / nx, 1.0 / ny, &qm, &qp);
+                fast->kahan(xr, yr, d, nx / ny, &qm, &qp);
                 o[GN_ROTATION * qstride] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
             } else {
                 o[GN_ROTATION * qstride] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);

@@ -166,11 +166,14 @@ GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
 }
 
 /* The rotation between two rows of this type (Kahan's 2 atan2(|x^ - y^|, |x^ + y^|),
- * the float64 row function's fast twin for rows in the safe range).  Pass one: both
- * sums of squares; pass two: |a x - b y|^2 and |a x + b y|^2 with a = 1/|x|,
- * b = 1/|y| as floats.  Float32 terms carried into float64 per block (error below
- * 9u relative, as above); the angle's error is a few u in radians whatever its
- * size, since Kahan's form does not cancel. */
+ * the float64 row function's fast twin for rows in the safe range), written as
+ * 2 atan2(|x - s y|, |x + s y|) with s = |x| / |y| (a float): scaling y onto x's
+ * norm instead of both onto the unit sphere is one fused multiply-add per sum and
+ * element, and s = 1 exactly for identical rows, whose difference x - 1*y is then
+ * exactly 0.  Pass one (sumsq2): both sums of squares; pass two (kahan): the two
+ * sums.  Float32 terms carried into float64 per block (error below 9u relative, as
+ * above); the angle's error is a few u in radians whatever its size, since Kahan's
+ * form does not cancel. */
 #define GN_BLOCK2_END(i, d) ((d) - (i) > 2 * GN_BLOCK * W ? (i) + 2 * GN_BLOCK * W : (d))
 
 GN_TARGET static void GN_FN(sumsq2)(const void *xv, const void *yv, int64_t d, double *nx, double *ny)
@@ -201,21 +204,28 @@ GN_TARGET static void GN_FN(sumsq2)(const void *xv, const void *yv, int64_t d, d
     *ny = py;
 }
 
-GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, double a, double b, double *qm,
-                                   double *qp)
+GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, double s, double *qm, double *qp)
 {
     const GN_CT *x = (const GN_CT *)xv, *y = (const GN_CT *)yv;
-    const float af = (float)a, bf = (float)b;
-    const VF va = VF_SET1(af), vb = VF_SET1(bf);
+    const float sf = (float)s;
+    const VF vs = VF_SET1(sf);
     VD sm = VD_ZERO, sp = VD_ZERO;
+#if GN_RAW16
+    VI unused = VI_ZERO;
+#else
+    VF unused = VF_ZERO;
+#endif
     int64_t i = 0;
     while (i + 2 * W <= d) {
         const int64_t end = GN_BLOCK2_END(i, d);
         VF m0 = VF_ZERO, m1 = VF_ZERO, p0 = VF_ZERO, p1 = VF_ZERO;
         for (; i + 2 * W <= end; i += 2 * W) {
-            const VF u0 = VF_MUL(va, GN_LOAD(x + i)), u1 = VF_MUL(va, GN_LOAD(x + i + W));
-            const VF v0 = VF_MUL(vb, GN_LOAD(y + i)), v1 = VF_MUL(vb, GN_LOAD(y + i + W));
-            const VF dm0 = VF_SUB(u0, v0), dm1 = VF_SUB(u1, v1), dp0 = VF_ADD(u0, v0), dp1 = VF_ADD(u1, v1);
+            /* both rows in GN_PAIR's lane order: the same order, so lanes still pair x_i with y_i */
+            VF x0, x1, y0, y1;
+            GN_LOAD2(x + i, x0, x1, unused, 0);
+            GN_LOAD2(y + i, y0, y1, unused, 0);
+            const VF dm0 = VF_FNMA(vs, y0, x0), dm1 = VF_FNMA(vs, y1, x1); /* x - s y, rounded once */
+            const VF dp0 = VF_FMA(vs, y0, x0), dp1 = VF_FMA(vs, y1, x1);
             m0 = VF_FMA(dm0, dm0, m0);
             m1 = VF_FMA(dm1, dm1, m1);
             p0 = VF_FMA(dp0, dp0, p0);
@@ -224,11 +234,13 @@ GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, do
         sm = VD_ADD(sm, GN_WIDEN1(VF_ADD(m0, m1)));
         sp = VD_ADD(sp, GN_WIDEN1(VF_ADD(p0, p1)));
     }
+    (void)unused;
     double s_m = VD_REDUCE(sm), s_p = VD_REDUCE(sp);
     for (; i < d; i++) {
-        const float u = af * GN_TO_FLOAT(x[i]), v = bf * GN_TO_FLOAT(y[i]);
-        s_m += (double)(u - v) * (u - v);
-        s_p += (double)(u + v) * (u + v);
+        const float u = GN_TO_FLOAT(x[i]), v = GN_TO_FLOAT(y[i]);
+        const float dm = fmaf(-sf, v, u), dp = fmaf(sf, v, u);
+        s_m += (double)dm * dm;
+        s_p += (double)dp * dp;
     }
     *qm = s_m;
     *qp = s_p;
