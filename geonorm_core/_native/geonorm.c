@@ -42,7 +42,9 @@ typedef struct {
     /* rotation's two passes over a pair of rows of one narrow type (SIMD paths only; NULL
      * elsewhere, where the float64 row functions serve) */
     void (*sumsq2)(const void *x, const void *y, int64_t d, double *nx, double *ny);
-    void (*kahan)(const void *x, const void *y, int64_t d, double s, double *qm, double *qp);
+    /* nextx, nexty: rows to prefetch meanwhile (NULL: none) */
+    void (*kahan)(const void *x, const void *y, int64_t d, double s, const void *nextx, const void *nexty,
+                  double *qm, double *qp);
     /* the fused site pass over a hidden row (kernels_narrow.h); NULL where rotation's are */
     void (*devw)(const void *x, int64_t d, double c, const float *gg, const float *gb, double *s);
 } gn_kernels;
@@ -752,7 +754,7 @@ static double gn_row_rotation(const gn_rowops *ops, const gn_kernels *fast, int 
         fast->sumsq2(xr, yr, d, &nx, &ny);
         if (nx >= 0x1p-100 && ny >= 0x1p-100 && nx <= 0x1p100 && ny <= 0x1p100) {
             double qm, qp;
-            fast->kahan(xr, yr, d, sqrt(nx / ny), &qm, &qp);
+            fast->kahan(xr, yr, d, sqrt(nx / ny), NULL, NULL, &qm, &qp);
             return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
         }
     }
@@ -1119,7 +1121,11 @@ int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, con
              * scales and rotate by exactly 0) */
             if (fast && fx && fx == fy && nx >= 0x1p-50 && ny >= 0x1p-50 && nx <= 0x1p50 && ny <= 0x1p50) {
                 double qm, qp;
-                fast->kahan(xr, yr, d, nx / ny, &qm, &qp);
+                /* the next pair of this chunk, for the pass to prefetch (the hardware prefetchers
+                 * see no misses while the pass runs from cache, and fall behind) */
+                const int pre = xdirect && ydirect && (r + 1) % chunk != 0 && r + 1 < n;
+                const char *nextx = pre ? gn_row_ptr(x, r + 1) : NULL, *nexty = pre ? gn_row_ptr(y, r + 1) : NULL;
+                fast->kahan(xr, yr, d, nx / ny, nextx, nexty, &qm, &qp);
                 o[GN_ROTATION * qstride] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
             } else {
                 o[GN_ROTATION * qstride] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);

@@ -204,7 +204,8 @@ GN_TARGET static void GN_FN(sumsq2)(const void *xv, const void *yv, int64_t d, d
     *ny = py;
 }
 
-GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, double s, double *qm, double *qp)
+GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, double s, const void *nextx,
+                                   const void *nexty, double *qm, double *qp)
 {
     const GN_CT *x = (const GN_CT *)xv, *y = (const GN_CT *)yv;
     const float sf = (float)s;
@@ -222,6 +223,12 @@ GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, do
         for (; i + 2 * W <= end; i += 2 * W) {
             /* both rows in GN_PAIR's lane order: the same order, so lanes still pair x_i with y_i */
             VF x0, x1, y0, y1;
+            if (nextx) { /* this pass runs from cache: meanwhile, the memory fetches the next pair */
+                for (int k = 0; k < (int)(2 * W * sizeof(GN_CT)); k += 64) {
+                    __builtin_prefetch((const char *)nextx + i * (int64_t)sizeof(GN_CT) + k, 0, 3);
+                    __builtin_prefetch((const char *)nexty + i * (int64_t)sizeof(GN_CT) + k, 0, 3);
+                }
+            }
             GN_LOAD2(x + i, x0, x1, unused, 0);
             GN_LOAD2(y + i, y0, y1, unused, 0);
             const VF dm0 = VF_FNMA(vs, y0, x0), dm1 = VF_FNMA(vs, y1, x1); /* x - s y, rounded once */
