@@ -11,7 +11,10 @@ from setuptools import Extension, setup
 
 native = "geonorm_core/_native"
 openmp = [] if os.environ.get("GEONORM_NO_OPENMP") else ["-fopenmp"]
-compile_args = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", *openmp]
+# -ffp-contract=off: the kernels write their FMAs explicitly; a multiply-subtract the compiler
+# fused on its own would round a*x and b*y differently and break exact zeros (the rotation of
+# identical rows, a*x - a*x).
+compile_args = ["-O3", "-std=gnu11", "-fno-math-errno", "-ffp-contract=off", "-Wall", *openmp]
 if sys.platform == "darwin" and openmp:
     compile_args = [a for a in compile_args if a != "-fopenmp"] + ["-Xpreprocessor", "-fopenmp"]
 

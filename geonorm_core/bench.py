@@ -19,7 +19,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
-from . import ops
+from . import measure, ops
 from .runtime import kernel_info
 
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16, "fp64": np.float64}
@@ -227,6 +227,78 @@ def ratio_table(ratios: dict[str, dict[str, float]], shape: str) -> str:
              "|---|---|---:|---:|---:|"]
     for dt, r in ratios.items():
         lines.append(f"| {dt} | {shape} | {r['median']:.2f}x | {r['min']:.2f}x | {r['max']:.2f}x |")
+    return "\n".join(lines)
+
+
+#: The fused per-site pass against decompose (issue 11): (rows, d, dtype), about 128 MiB of
+#: fp32 rows per side, so that both read from memory, not from cache.
+SITE_CASES = [(57344, 576, "fp32"), (8192, 4096, "fp32"), (57344, 576, "bf16"), (8192, 4096, "bf16")]
+
+
+def site_inputs(rows: int, d: int, dtype: str, seed: int = 0):
+    """A norm site's rows as the hooks see them: hidden rows (:func:`make_input`), the site's
+    LayerNorm gain and bias, and its output ``post = layer_norm(hidden)`` in the same dtype."""
+    hidden = make_input(rows, d, dtype, seed)
+    rng = np.random.default_rng(seed + 1)
+    gain = (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(d)).astype(np.float32)
+    return hidden, ops.layer_norm(hidden, gain, bias), gain, bias
+
+
+def site_values_vs_decompose(rows: int, d: int, dtype: str, repeats: int = 7,
+                             num_threads: int | None = None) -> dict[str, float]:
+    """Time of ``token_values(h, p, gain, bias)`` over ``decompose(h) + decompose(p)`` on the same rows.
+
+    Both read the same bytes once (each row pair: hidden and post); token_values gives the
+    site's seven per-token quantities (angles with 1 (G2), norms (G5), rotation (G11, G12),
+    max|h|, the LN-RMS gap (G9)), decompose the seven of one side.  Timed interleaved, the order
+    alternating between repeats, so that both sides of each ratio see the same state of a
+    shared machine's memory bandwidth; ``num_threads=None``: all cores for both.  Returns the
+    median of the per-repeat ratios, their min and max, and the decompose side's GB/s
+    (median).
+    """
+    h, p, gain, bias = site_inputs(rows, d, dtype)
+
+    def dec():
+        ops.decompose(h, num_threads=num_threads)
+        ops.decompose(p, num_threads=num_threads)
+
+    def site():
+        measure.token_values(h, p, gain=gain, bias=bias, num_threads=num_threads)
+
+    dec(), site()  # warm-up: pages touched, threads started
+    ratios, dec_times = [], []
+    for i in range(repeats):
+        t = {}
+        for name, fn in ((("dec", dec), ("site", site)) if i % 2 == 0 else (("site", site), ("dec", dec))):
+            t0 = time.perf_counter()
+            fn()
+            t[name] = time.perf_counter() - t0
+        ratios.append(t["site"] / t["dec"])
+        dec_times.append(t["dec"])
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios),
+            "decompose_gbs": _gbs(h.nbytes + p.nbytes, float(np.median(dec_times)))}
+
+
+def site_values_ratios(cases=SITE_CASES, repeats: int = 7, scale: float = 1.0,
+                       num_threads: int | None = None) -> list[dict]:
+    """:func:`site_values_vs_decompose` for every case (rows scaled by ``scale``, at least 64)."""
+    out = []
+    for rows, d, dtype in cases:
+        n = max(64, int(rows * scale))
+        out.append({"dtype": dtype, "shape": f"{n}x{d}",
+                    **site_values_vs_decompose(n, d, dtype, repeats, num_threads)})
+    return out
+
+
+def site_ratio_table(results: list[dict]) -> str:
+    """The Markdown table of :func:`site_values_ratios` (issue 11's criterion: at most 1.3x)."""
+    lines = ["| token_values(h, p, gain, bias) vs decompose(h) + decompose(p) | shape | time ratio "
+             "(median of interleaved repeats) | min | max | decompose GB/s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['dtype']} | {r['shape']} | {r['median']:.2f}x | {r['min']:.2f}x | {r['max']:.2f}x | "
+                     f"{r['decompose_gbs']:.1f} |")
     return "\n".join(lines)
 
 

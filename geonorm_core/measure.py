@@ -54,10 +54,17 @@ def token_values(hidden: Any, post: Any, *, gain: np.ndarray | None = None, bias
     contiguous (e.g. a column slice of a bigger one); the result's arrays are its rows.
 
     One pass of the core (``gn_site_values``) reads each row pair from memory once
-    for all of them.  16/32-bit rows are summed in float64 in that pass, so the
-    angles and norms are at least as accurate as :func:`~geonorm_core.ops.decompose`'s
-    and the rotation as :func:`~geonorm_core.ops.rotation`'s; the gap is bitwise
-    :func:`~geonorm_core.ops.ln_rms_gap`'s.
+    for all of them: on the SIMD paths a 16/32-bit row is summed in float32 lanes with
+    float64 carries per block, as :func:`~geonorm_core.ops.decompose` sums it, the
+    hidden row's pass also taking the gain-weighted sums of the G9 gap; the rotation's
+    second pass (Kahan's 2 atan2(|x^ - y^|, |x^ + y^|), G11/G12) runs over the pair
+    while it is in cache.  The values are within the accuracy contract (DESIGN.md):
+    angles and rotation within 1e-4 degrees, norms and max|x| within 1e-6 relative,
+    the gap within 1e-6 absolute (rows whose gap sums cancel are re-summed in float64,
+    or by the exact row function); constant rows sit at exactly 0 or 180 degrees from 1
+    and identical pairs rotate by exactly 0.  The gap is bitwise
+    :func:`~geonorm_core.ops.ln_rms_gap`'s.  ``num_threads=None`` uses all cores (the
+    default, 1, suits callers that parallelize across blocks themselves).
     """
     h = _arrays.as_rows(hidden, "hidden")
     p = None if post is None else _arrays.as_rows(post, "post")

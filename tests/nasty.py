@@ -31,6 +31,15 @@ SUB64 = np.finfo(np.float64).smallest_subnormal
 # Accuracy the contract promises for decompose/rotation, by input precision.
 RTOL = {"float16": 1e-6, "float32": 1e-6, "bfloat16": 1e-6, "float64": 1e-12}
 ANGLE_TOL = {"float16": 1e-4, "float32": 1e-4, "bfloat16": 1e-4, "float64": 1e-12}
+# The LN-RMS gap is a relative distance in [0, 2]: the accuracy contract bounds it absolutely (1e-6)
+# on every dtype, SIMD path and backend (issue 11; DESIGN.md).
+GAP_ATOL = 1e-6
+
+
+def gap_tol(ref):
+    """The contract's tolerance for LN-RMS gaps `ref`: 1e-6 absolute for gaps up to 1; beyond
+    that (eps dominating a tiny row, a bias dwarfing LN's output) 1e-6 relative."""
+    return GAP_ATOL * np.maximum(1.0, np.nan_to_num(np.abs(f64(ref))))
 # Norm ops: the output dtype's rounding, relative to the row's scale -- 2 eps for the
 # half types (the core computes in fp32 and rounds once), 4 eps for fp32 (a few fp32
 # operations after the fp64 statistics).  For fp64 outputs a rounding-level bound would

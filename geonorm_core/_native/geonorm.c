@@ -42,7 +42,11 @@ typedef struct {
     /* rotation's two passes over a pair of rows of one narrow type (SIMD paths only; NULL
      * elsewhere, where the float64 row functions serve) */
     void (*sumsq2)(const void *x, const void *y, int64_t d, double *nx, double *ny);
-    void (*kahan)(const void *x, const void *y, int64_t d, double a, double b, double *qm, double *qp);
+    /* nextx, nexty: rows to prefetch meanwhile (NULL: none) */
+    void (*kahan)(const void *x, const void *y, int64_t d, double s, const void *nextx, const void *nexty,
+                  double *qm, double *qp);
+    /* the fused site pass over a hidden row (kernels_narrow.h); NULL where rotation's are */
+    void (*devw)(const void *x, int64_t d, double c, const float *gg, const float *gb, double *s);
 } gn_kernels;
 
 /* Neumaier's compensated sum, for the paths that are the accuracy reference
@@ -134,7 +138,7 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #define GN_KERNELS(isa, t) { GN_CAT(isa, head, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t) }
 #define GN_KERNELS_NARROW(isa, t)                                                                    \
     { GN_CAT(isa, head, t), GN_CAT(isa, dev, t), GN_CAT(isa, sumsq, t), GN_CAT(isa, affine, t),       \
-      GN_CAT(isa, sumsq2, t), GN_CAT(isa, kahan, t) }
+      GN_CAT(isa, sumsq2, t), GN_CAT(isa, kahan, t), GN_CAT(isa, devw, t) }
 
 /* Each SIMD path includes kernels_path.h: kernels_narrow.h per narrow type, kernels_f64.h. */
 #define GN_BLOCK 8
@@ -153,6 +157,7 @@ static inline double gn_kval(gn_ksum k) { return k.s + k.c; }
 #define VF_SUB _mm512_sub_ps
 #define VF_MUL _mm512_mul_ps
 #define VF_FMA _mm512_fmadd_ps
+#define VF_FNMA _mm512_fnmadd_ps
 #define VF_LOADU _mm512_loadu_ps
 #define VD_ZERO _mm512_setzero_pd()
 #define VD_SET1 _mm512_set1_pd
@@ -234,6 +239,7 @@ GN_TARGET static inline __m512i avx512_bf16_bits(__m512 v)
 #define VF_SUB _mm256_sub_ps
 #define VF_MUL _mm256_mul_ps
 #define VF_FMA _mm256_fmadd_ps
+#define VF_FNMA _mm256_fnmadd_ps
 #define VF_LOADU _mm256_loadu_ps
 #define VD_ZERO _mm256_setzero_pd()
 #define VD_SET1 _mm256_set1_pd
@@ -748,7 +754,7 @@ static double gn_row_rotation(const gn_rowops *ops, const gn_kernels *fast, int 
         fast->sumsq2(xr, yr, d, &nx, &ny);
         if (nx >= 0x1p-100 && ny >= 0x1p-100 && nx <= 0x1p100 && ny <= 0x1p100) {
             double qm, qp;
-            fast->kahan(xr, yr, d, 1.0 / sqrt(nx), 1.0 / sqrt(ny), &qm, &qp);
+            fast->kahan(xr, yr, d, sqrt(nx / ny), NULL, NULL, &qm, &qp);
             return 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
         }
     }
@@ -767,13 +773,19 @@ typedef struct {
     double *gg, *gb;
     double g2, gbsum, b2;
     double *buf; /* owns gg and gb */
+    /* gg and gb rounded to float for the float32 site pass (devw), NULL where that
+     * weight is absent; f32 = 0 when some weight is outside the range where its float
+     * rounding is a relative one (then the float64 sums serve every row) */
+    float *ggf, *gbf;
+    int f32;
 } gn_gap_layer;
 
 static int gn_gap_prepare(gn_gap_layer *L, const double *w, const double *b, double eps, int64_t d)
 {
-    *L = (gn_gap_layer){w, b, eps, NULL, NULL, (double)d, 0.0, 0.0, NULL};
+    *L = (gn_gap_layer){w, b, eps, NULL, NULL, (double)d, 0.0, 0.0, NULL, NULL, NULL, 1};
     if (!w && !b) return 0;
-    double *buf = malloc((size_t)(2 * d) * sizeof(double));
+    /* 2d doubles, then 2d floats */
+    double *buf = malloc((size_t)(2 * d) * (sizeof(double) + sizeof(float)));
     if (!buf) return -1;
     L->g2 = 0.0;
     for (int64_t i = 0; i < d; i++) {
@@ -788,6 +800,16 @@ static int gn_gap_prepare(gn_gap_layer *L, const double *w, const double *b, dou
     L->gg = w ? buf : NULL;
     L->gb = b ? buf + d : NULL;
     if (!w) L->g2 = (double)d;
+    float *f = (float *)(buf + 2 * d);
+    for (int64_t i = 0; i < 2 * d; i++) {
+        const double v = fabs(buf[i]);
+        f[i] = (float)buf[i];
+        /* zero, or a normal float far from both ends: gg t^2 and gb t stay normal
+         * wherever the row's own sums do */
+        L->f32 &= v == 0.0 || (v >= 0x1p-60 && v <= 0x1p60);
+    }
+    L->ggf = w ? f : NULL;
+    L->gbf = b ? f + d : NULL;
     return 0;
 }
 
@@ -806,6 +828,8 @@ typedef struct {
     double mu, var, amax, S2, mag, S1, SB;
 } gn_row_stats;
 
+static void gn_stats_finish(const gn_gap_layer *L, double c, const double *s, double n, gn_row_stats *st);
+
 /* Returns 0 for a row with NaN or Inf (its sums are not finite), else 1. */
 static int gn_row_stats64(const gn_kernels *k, const gn_rowops *ops, const gn_gap_layer *L, int dtype,
                           const char *row, int64_t d, gn_row_stats *st)
@@ -820,6 +844,43 @@ static int gn_row_stats64(const gn_kernels *k, const gn_rowops *ops, const gn_ga
         ops->sums(dtype, row, d, c, gg, gb, s);
     }
     if (!(isfinite(s[0]) && isfinite(s[2]) && isfinite(s[4]))) return 0;
+    gn_stats_finish(L, c, s, n, st);
+    return 1;
+}
+
+/* The float32 twin of gn_row_stats64 for the SIMD paths (the path's devw: float32
+ * lanes with float64 carries per block, as decompose sums): 0 where it cannot vouch
+ * for the row (no devw, weights out of its range, non-finite sums, sums of squares
+ * under 2^-100 where float32 squares lose bits), and the caller takes the float64
+ * pass instead. */
+static int gn_row_stats32(const gn_kernels *k, const gn_gap_layer *L, int dtype, const char *row, int64_t d,
+                          gn_row_stats *st)
+{
+    if (!k[dtype].devw || (L && !L->f32)) return 0;
+    const double n = (double)d;
+    const float *gg = L ? L->ggf : NULL, *gb = L ? L->gbf : NULL;
+    double c = (float)gn_sample_mean(k, dtype, row, d), s[6];
+    if (!isfinite(c)) return 0;
+    k[dtype].devw(row, d, c, gg, gb, s);
+    if (!(s[1] * s[1] / n <= (s[0] - s[1] * s[1] / n) / 16.0)) { /* a poor shift: again around the mean */
+        const double c2 = (float)(c + s[1] / n);
+        if (!isfinite(c2)) return 0;
+        if (c2 != c) {
+            c = c2;
+            k[dtype].devw(row, d, c, gg, gb, s);
+        }
+    }
+    const double tiny = 0x1p-100;
+    if (!(s[0] >= tiny && s[0] <= 0x1p100 && isfinite(s[2]) && isfinite(s[3]) && isfinite(s[4])
+          && (!gg || s[2] >= tiny)))
+        return 0;
+    gn_stats_finish(L, c, s, n, st);
+    return 1;
+}
+
+static void gn_stats_finish(const gn_gap_layer *L, double c, const double *s, double n, gn_row_stats *st)
+{
+    const double *gg = L ? L->gg : NULL, *gb = L ? L->gb : NULL;
     const double dc = s[1] / n;
     st->mu = c + dc;
     st->var = fmax(s[0] - s[1] * dc, 0.0) / n;
@@ -832,7 +893,6 @@ static int gn_row_stats64(const gn_kernels *k, const gn_rowops *ops, const gn_ga
         st->S1 = s[3] - dc * L->g2;
     }
     st->SB = gb ? s[4] - dc * L->gbsum : 0.0;
-    return 1;
 }
 
 /* The LN-RMS gap from a row's statistics, or NaN when they cannot vouch for it.
@@ -858,6 +918,33 @@ static double gn_gap_from_stats(const gn_gap_layer *L, const gn_row_stats *st)
     return sqrt(num / den);
 }
 
+/* The gap from the float32 statistics (gn_row_stats32), or NaN when its error
+ * estimate is not well inside the contract (1e-6 absolute; the float64 sums then
+ * decide).  The estimate takes every sum, and the mean, as off by EPS32 of the size
+ * of its terms (8u: float32 lanes of GN_BLOCK terms, float64 carries):
+ *   gap^2 = num/den is off by EPS32 (T_num + gap^2 T_den) / den, T the sums of the
+ *   terms' magnitudes; the mean by EPS32 sigma, which moves the gap by about
+ *   EPS32 sigma r sqrt(sum w^2 / den) (the mu-derivative of its n3 part).
+ * Rows where the sums cancel (LN and RMS nearly agreeing where the gain is, large
+ * gaps with a small LN output) go to the float64 pass. */
+#define GN_EPS32 0x1p-23
+static double gn_gap_from_stats32(const gn_gap_layer *L, const gn_row_stats *st)
+{
+    const double lost = 0x1p-12, mu = st->mu;
+    const double sv = sqrt(st->var + L->eps), sm = sqrt(st->var + mu * mu + L->eps);
+    const double a = 1.0 / sv, r = 1.0 / sm, A = mu * mu * a * r / (sv + sm);
+    const double n1 = A * A * st->S2, n2 = 2.0 * A * mu * r * st->S1, n3 = mu * mu * r * r * L->g2;
+    const double d1 = a * a * st->S2, d2 = 2.0 * a * st->SB;
+    const double num = n1 - n2 + n3, den = d1 + d2 + L->b2;
+    if (!(st->S2 >= lost * st->mag && num >= lost * (n1 + fabs(n2) + n3) && den >= lost * (d1 + fabs(d2) + L->b2)
+          && den > 0.0 && isfinite(num) && isfinite(den)))
+        return NAN;
+    const double gap = sqrt(num / den);
+    const double e2 = GN_EPS32 * ((A * A * st->mag + fabs(n2) + n3) + (num / den) * (a * a * st->mag + fabs(d2) + L->b2)) / den;
+    const double err = e2 / (gap + sqrt(e2)) + GN_EPS32 * sqrt(st->var) * r * sqrt(L->g2 / den);
+    return err <= 9e-7 ? gap : NAN;
+}
+
 /* One row's LN-RMS gap (G9) by the exact float64 row function; `wide`: d doubles. */
 static double gn_row_gap_exact(const gn_rowops *ops, const gn_gap_layer *L, int dtype, const char *row, int64_t d,
                                double *wide)
@@ -866,17 +953,37 @@ static double gn_row_gap_exact(const gn_rowops *ops, const gn_gap_layer *L, int 
     return ops->widen(dtype, row, d, wide, &ex) >= 0 ? ops->gap(wide, d, ex, L->w, L->b, L->eps) : NAN;
 }
 
-/* One row's LN-RMS gap (G9): from one float64 pass for 16/32-bit rows, else (and
- * whenever that declines) the exact row function; `wide`: d doubles. */
+/* One row's LN-RMS gap (G9) for 16/32-bit rows: from the float32 site pass on the
+ * SIMD paths, else (and whenever that declines) from one float64 pass, else (and
+ * whenever that declines) the exact row function; `wide`: d doubles.  *st gets the
+ * statistics of the first pass that had them, and the return of *have says which:
+ * 0 none (a float64 row, a row with NaN/Inf), 1 the float32 pass, 2 the float64 one. */
+static double gn_row_gap_stats(const gn_kernels *k, const gn_rowops *ops, const gn_gap_layer *L, int dtype,
+                               const char *row, int64_t d, double *wide, gn_row_stats *st, int *have)
+{
+    *have = 0;
+    if (dtype != GN_F64) {
+        double g = NAN;
+        if (gn_row_stats32(k, L, dtype, row, d, st)) {
+            *have = 1;
+            g = gn_gap_from_stats32(L, st);
+            gn_row_stats s64;
+            if (isnan(g) && gn_row_stats64(k, ops, L, dtype, row, d, &s64)) g = gn_gap_from_stats(L, &s64);
+        } else if (gn_row_stats64(k, ops, L, dtype, row, d, st)) {
+            *have = 2;
+            g = gn_gap_from_stats(L, st);
+        }
+        if (!isnan(g)) return g;
+    }
+    return gn_row_gap_exact(ops, L, dtype, row, d, wide);
+}
+
 static double gn_row_gap(const gn_kernels *k, const gn_rowops *ops, const gn_gap_layer *L, int dtype,
                          const char *row, int64_t d, double *wide)
 {
     gn_row_stats st;
-    if (dtype != GN_F64 && gn_row_stats64(k, ops, L, dtype, row, d, &st)) {
-        const double g = gn_gap_from_stats(L, &st);
-        if (!isnan(g)) return g;
-    }
-    return gn_row_gap_exact(ops, L, dtype, row, d, wide);
+    int have;
+    return gn_row_gap_stats(k, ops, L, dtype, row, d, wide, &st, &have);
 }
 
 /* angle with 1 (degrees) and norm of a row from its statistics, as gn_row_decompose
@@ -984,13 +1091,13 @@ int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, con
                 gn_gather(y, yr, (char *)(scratch + 3 * d));
                 yr = (const char *)(scratch + 3 * d);
             }
-            /* 16/32-bit rows: one float64 pass over each row, then the rotation's one pass */
+            /* 16/32-bit rows: one pass over each row from memory (float32 lanes with
+             * float64 carries on the SIMD paths), then the rotation's pass from cache */
             gn_row_stats sx, sy;
-            const int fx = x->dtype != GN_F64 && gn_row_stats64(k, ops, &L, x->dtype, xr, d, &sx);
-            const int fy = y && y->dtype != GN_F64 && gn_row_stats64(k, ops, NULL, y->dtype, yr, d, &sy);
-            double gap = fx ? gn_gap_from_stats(&L, &sx) : NAN;
-            if (isnan(gap)) gap = gn_row_gap_exact(ops, &L, x->dtype, xr, d, scratch); /* no stats, or they declined */
-            o[GN_LN_RMS_GAP * qstride] = gap;
+            int fx, fy = 0;
+            o[GN_LN_RMS_GAP * qstride] = gn_row_gap_stats(k, ops, &L, x->dtype, xr, d, scratch, &sx, &fx);
+            if (y && y->dtype != GN_F64)
+                fy = gn_row_stats32(k, NULL, y->dtype, yr, d, &sy) ? 1 : gn_row_stats64(k, ops, NULL, y->dtype, yr, d, &sy) ? 2 : 0;
             if (fx) {
                 gn_angle_norm(&sx, d, &o[GN_ANGLE_HIDDEN * qstride], &o[GN_NORM_HIDDEN * qstride]);
                 o[GN_MAX_ABS_HIDDEN * qstride] = sx.amax;
@@ -1010,9 +1117,15 @@ int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, con
             }
             /* the rotation from the two norms just found, when they are safely in range */
             const double nx = o[GN_NORM_HIDDEN * qstride], ny = o[GN_NORM_POST * qstride];
-            if (fast && fx && fy && nx >= 0x1p-50 && ny >= 0x1p-50 && nx <= 0x1p50 && ny <= 0x1p50) {
+            /* (the two norms from passes of one kind, so that identical rows get identical
+             * scales and rotate by exactly 0) */
+            if (fast && fx && fx == fy && nx >= 0x1p-50 && ny >= 0x1p-50 && nx <= 0x1p50 && ny <= 0x1p50) {
                 double qm, qp;
-                fast->kahan(xr, yr, d, 1.0 / nx, 1.0 / ny, &qm, &qp);
+                /* the next pair of this chunk, for the pass to prefetch (the hardware prefetchers
+                 * see no misses while the pass runs from cache, and fall behind) */
+                const int pre = xdirect && ydirect && (r + 1) % chunk != 0 && r + 1 < n;
+                const char *nextx = pre ? gn_row_ptr(x, r + 1) : NULL, *nexty = pre ? gn_row_ptr(y, r + 1) : NULL;
+                fast->kahan(xr, yr, d, nx / ny, nextx, nexty, &qm, &qp);
                 o[GN_ROTATION * qstride] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
             } else {
                 o[GN_ROTATION * qstride] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);

@@ -35,7 +35,8 @@ int gn_simd_active(void);
 /* All return 0 on success and -1 when scratch memory could not be allocated. */
 int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads);
 int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads);
-/* ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)|| per row (weight, bias: NULL or d doubles). */
+/* ||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)|| per row (weight, bias: NULL or d doubles);
+ * the same row function as gn_site_values' gap. */
 int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, double eps, double *out,
                   int nthreads);
 /* weight and bias: NULL or d contiguous values of the compute type
@@ -45,10 +46,12 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
 
 /* The per-token quantities of one norm site (geonorm_core.measure), in this order:
  * quantity q of row r is out[q * qstride + r].  A row pair is read from memory once
- * for all of them: 16/32-bit rows are summed in float64 in one pass each, which
- * gives the angles, norms, max and the gap (bitwise gn_ln_rms_gap's) and the norms
- * of the rotation's Kahan pass; other rows take the ops' row functions.  y (the
- * norm's output) may be NULL: then only the first four are written. */
+ * for all of them: on the SIMD paths each 16/32-bit row is summed in one pass in
+ * float32 lanes with float64 carries (the hidden row's pass also takes the gap's
+ * gain-weighted sums), which gives the angles, norms, max, the gap (bitwise
+ * gn_ln_rms_gap's) and the norms of the rotation's Kahan pass, made from cache;
+ * rows those sums cannot vouch for take float64 sums or the ops' row functions.
+ * y (the norm's output) may be NULL: then only the first four are written. */
 enum { GN_ANGLE_HIDDEN = 0, GN_NORM_HIDDEN, GN_MAX_ABS_HIDDEN, GN_LN_RMS_GAP, GN_ANGLE_POST, GN_NORM_POST,
        GN_ROTATION, GN_NSITE };
 int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias, double eps,

@@ -166,11 +166,14 @@ GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
 }
 
 /* The rotation between two rows of this type (Kahan's 2 atan2(|x^ - y^|, |x^ + y^|),
- * the float64 row function's fast twin for rows in the safe range).  Pass one: both
- * sums of squares; pass two: |a x - b y|^2 and |a x + b y|^2 with a = 1/|x|,
- * b = 1/|y| as floats.  Float32 terms carried into float64 per block (error below
- * 9u relative, as above); the angle's error is a few u in radians whatever its
- * size, since Kahan's form does not cancel. */
+ * the float64 row function's fast twin for rows in the safe range), written as
+ * 2 atan2(|x - s y|, |x + s y|) with s = |x| / |y| (a float): scaling y onto x's
+ * norm instead of both onto the unit sphere is one fused multiply-add per sum and
+ * element, and s = 1 exactly for identical rows, whose difference x - 1*y is then
+ * exactly 0.  Pass one (sumsq2): both sums of squares; pass two (kahan): the two
+ * sums.  Float32 terms carried into float64 per block (error below 9u relative, as
+ * above); the angle's error is a few u in radians whatever its size, since Kahan's
+ * form does not cancel. */
 #define GN_BLOCK2_END(i, d) ((d) - (i) > 2 * GN_BLOCK * W ? (i) + 2 * GN_BLOCK * W : (d))
 
 GN_TARGET static void GN_FN(sumsq2)(const void *xv, const void *yv, int64_t d, double *nx, double *ny)
@@ -201,21 +204,35 @@ GN_TARGET static void GN_FN(sumsq2)(const void *xv, const void *yv, int64_t d, d
     *ny = py;
 }
 
-GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, double a, double b, double *qm,
-                                   double *qp)
+GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, double s, const void *nextx,
+                                   const void *nexty, double *qm, double *qp)
 {
     const GN_CT *x = (const GN_CT *)xv, *y = (const GN_CT *)yv;
-    const float af = (float)a, bf = (float)b;
-    const VF va = VF_SET1(af), vb = VF_SET1(bf);
+    const float sf = (float)s;
+    const VF vs = VF_SET1(sf);
     VD sm = VD_ZERO, sp = VD_ZERO;
+#if GN_RAW16
+    VI unused = VI_ZERO;
+#else
+    VF unused = VF_ZERO;
+#endif
     int64_t i = 0;
     while (i + 2 * W <= d) {
         const int64_t end = GN_BLOCK2_END(i, d);
         VF m0 = VF_ZERO, m1 = VF_ZERO, p0 = VF_ZERO, p1 = VF_ZERO;
         for (; i + 2 * W <= end; i += 2 * W) {
-            const VF u0 = VF_MUL(va, GN_LOAD(x + i)), u1 = VF_MUL(va, GN_LOAD(x + i + W));
-            const VF v0 = VF_MUL(vb, GN_LOAD(y + i)), v1 = VF_MUL(vb, GN_LOAD(y + i + W));
-            const VF dm0 = VF_SUB(u0, v0), dm1 = VF_SUB(u1, v1), dp0 = VF_ADD(u0, v0), dp1 = VF_ADD(u1, v1);
+            /* both rows in GN_PAIR's lane order: the same order, so lanes still pair x_i with y_i */
+            VF x0, x1, y0, y1;
+            if (nextx) { /* this pass runs from cache: meanwhile, the memory fetches the next pair */
+                for (int k = 0; k < (int)(2 * W * sizeof(GN_CT)); k += 64) {
+                    __builtin_prefetch((const char *)nextx + i * (int64_t)sizeof(GN_CT) + k, 0, 3);
+                    __builtin_prefetch((const char *)nexty + i * (int64_t)sizeof(GN_CT) + k, 0, 3);
+                }
+            }
+            GN_LOAD2(x + i, x0, x1, unused, 0);
+            GN_LOAD2(y + i, y0, y1, unused, 0);
+            const VF dm0 = VF_FNMA(vs, y0, x0), dm1 = VF_FNMA(vs, y1, x1); /* x - s y, rounded once */
+            const VF dp0 = VF_FMA(vs, y0, x0), dp1 = VF_FMA(vs, y1, x1);
             m0 = VF_FMA(dm0, dm0, m0);
             m1 = VF_FMA(dm1, dm1, m1);
             p0 = VF_FMA(dp0, dp0, p0);
@@ -224,14 +241,98 @@ GN_TARGET static void GN_FN(kahan)(const void *xv, const void *yv, int64_t d, do
         sm = VD_ADD(sm, GN_WIDEN1(VF_ADD(m0, m1)));
         sp = VD_ADD(sp, GN_WIDEN1(VF_ADD(p0, p1)));
     }
+    (void)unused;
     double s_m = VD_REDUCE(sm), s_p = VD_REDUCE(sp);
     for (; i < d; i++) {
-        const float u = af * GN_TO_FLOAT(x[i]), v = bf * GN_TO_FLOAT(y[i]);
-        s_m += (double)(u - v) * (u - v);
-        s_p += (double)(u + v) * (u + v);
+        const float u = GN_TO_FLOAT(x[i]), v = GN_TO_FLOAT(y[i]);
+        const float dm = fmaf(-sf, v, u), dp = fmaf(sf, v, u);
+        s_m += (double)dm * dm;
+        s_p += (double)dp * dp;
     }
     *qm = s_m;
     *qp = s_p;
+}
+
+/* The hidden row's pass of the fused site kernel (gn_site_values): what `dev` gives
+ * and, for the LN-RMS gap (G9), the sums weighted by gg = w^2 and gb = w b (floats,
+ * NULL: that sum is 0), all for t = x - c in float32 lanes with float64 carries:
+ *   s = {sum t^2, sum t, sum gg t^2, sum gg t, sum gb t, max |x|}.
+ * Two chains of W elements per step, so each accumulator takes GN_BLOCK terms per
+ * lane between carries, as in `dev`; elements are loaded in order (not GN_PAIR's
+ * lane order) because the weights must line up with them. */
+GN_TARGET static void GN_FN(devw)(const void *xv, int64_t d, double c, const float *gg, const float *gb,
+                                  double *s)
+{
+    const GN_CT *x = (const GN_CT *)xv;
+    const VF vc = VF_SET1((float)c);
+    VD q = VD_ZERO, e = VD_ZERO, w2 = VD_ZERO, w1 = VD_ZERO, b1 = VD_ZERO;
+#if GN_RAW16
+    VI m = VI_ZERO;
+#else
+    VF m = VF_ZERO;
+#endif
+    int64_t i = 0;
+    while (i + 2 * W <= d) {
+        const int64_t end = GN_BLOCK2_END(i, d);
+        VF q0 = VF_ZERO, q1 = VF_ZERO, e0 = VF_ZERO, e1 = VF_ZERO, a0 = VF_ZERO, a1 = VF_ZERO;
+        VF g0 = VF_ZERO, g1 = VF_ZERO, h0 = VF_ZERO, h1 = VF_ZERO;
+        for (; i + 2 * W <= end; i += 2 * W) {
+            VF v0 = GN_LOAD(x + i), v1 = GN_LOAD(x + i + W);
+#if GN_RAW16
+            m = VI_MAXMAG16(m, VI_LOADU(x + i));
+#else
+            m = VF_MAX(m, VF_MAX(VF_ABS(v0), VF_ABS(v1)));
+#endif
+            v0 = VF_SUB(v0, vc);
+            v1 = VF_SUB(v1, vc);
+            q0 = VF_FMA(v0, v0, q0);
+            q1 = VF_FMA(v1, v1, q1);
+            e0 = VF_ADD(e0, v0);
+            e1 = VF_ADD(e1, v1);
+            if (gg) {
+                const VF u0 = VF_MUL(VF_LOADU(gg + i), v0), u1 = VF_MUL(VF_LOADU(gg + i + W), v1);
+                a0 = VF_FMA(u0, v0, a0);
+                a1 = VF_FMA(u1, v1, a1);
+                g0 = VF_ADD(g0, u0);
+                g1 = VF_ADD(g1, u1);
+            }
+            if (gb) {
+                h0 = VF_FMA(VF_LOADU(gb + i), v0, h0);
+                h1 = VF_FMA(VF_LOADU(gb + i + W), v1, h1);
+            }
+        }
+        q = VD_ADD(q, GN_WIDEN1(VF_ADD(q0, q1)));
+        e = VD_ADD(e, GN_WIDEN1(VF_ADD(e0, e1)));
+        if (gg) {
+            w2 = VD_ADD(w2, GN_WIDEN1(VF_ADD(a0, a1)));
+            w1 = VD_ADD(w1, GN_WIDEN1(VF_ADD(g0, g1)));
+        }
+        if (gb) b1 = VD_ADD(b1, GN_WIDEN1(VF_ADD(h0, h1)));
+    }
+#if GN_RAW16
+    double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m));
+#else
+    double mx = VF_REDUCE_MAX(m);
+#endif
+    double qs = VD_REDUCE(q), es = VD_REDUCE(e), w2s = VD_REDUCE(w2), w1s = VD_REDUCE(w1), b1s = VD_REDUCE(b1);
+    for (; i < d; i++) {
+        const float v = GN_TO_FLOAT(x[i]), t = v - (float)c;
+        qs += (double)t * t;
+        es += t;
+        if (gg) {
+            const float u = gg[i] * t;
+            w2s += (double)u * t;
+            w1s += u;
+        }
+        if (gb) b1s += (double)(gb[i] * t);
+        mx = fmax(mx, fabsf(v));
+    }
+    s[0] = qs;
+    s[1] = es;
+    s[2] = w2s;
+    s[3] = w1s;
+    s[4] = b1s;
+    s[5] = mx;
 }
 
 /* out = ((x - mu) * scale) * w + b, in float32, rounded once to the output type. */

@@ -68,6 +68,7 @@
 #undef VF_SUB
 #undef VF_MUL
 #undef VF_FMA
+#undef VF_FNMA
 #undef VF_LOADU
 #undef VD_ZERO
 #undef VD_SET1
