@@ -43,7 +43,7 @@ def quantity_names(with_post: bool) -> tuple[str, ...]:
 
 
 def token_values(hidden: Any, post: Any, *, gain: np.ndarray | None = None, bias: np.ndarray | None = None,
-                 eps: float = 1e-5, num_threads: int | None = 1,
+                 eps: float = 1e-5, num_threads: int | None = None,
                  out: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every quantity of the table above for each row of ``hidden``/``post`` (float64, shape ``hidden.shape[:-1]``).
 
@@ -63,8 +63,9 @@ def token_values(hidden: Any, post: Any, *, gain: np.ndarray | None = None, bias
     the gap within 1e-6 absolute (rows whose gap sums cancel are re-summed in float64,
     or by the exact row function); constant rows sit at exactly 0 or 180 degrees from 1
     and identical pairs rotate by exactly 0.  The gap is bitwise
-    :func:`~geonorm_core.ops.ln_rms_gap`'s.  ``num_threads=None`` uses all cores (the
-    default, 1, suits callers that parallelize across blocks themselves).
+    :func:`~geonorm_core.ops.ln_rms_gap`'s.  ``num_threads``: as the ops, None (the default)
+    uses :func:`~geonorm_core.get_num_threads` cores; callers that parallelize across blocks
+    themselves (hooks between torch's ops, Dask tasks) pass 1.
     """
     h = _arrays.as_rows(hidden, "hidden")
     p = None if post is None else _arrays.as_rows(post, "post")
