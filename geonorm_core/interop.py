@@ -43,6 +43,10 @@ class Wrapped:
         see; names not in it are used as they are.
     call : runs the model on a tokenizer batch (a dict with ``input_ids``, ``attention_mask``)
         in the wrapper's own calling convention.
+    site_modules : norm-site name in ``inner`` -> the module to hook instead of the one found
+        there: a TransformerLens bridge component runs its own copy of the norm's formula in raw
+        mode (and calls the Hugging Face module only in some configurations), so only the
+        component sees every forward.  Its input and output are the wrapped norm's.
     """
 
     outer: Any = field(repr=False)
@@ -50,6 +54,7 @@ class Wrapped:
     library: str
     site_names: Mapping[str, str] = field(repr=False)
     call: Callable[[Mapping[str, Any]], Any] = field(repr=False)
+    site_modules: Mapping[str, torch.nn.Module] = field(default_factory=dict, repr=False)
 
 
 def unwrap(model: Any) -> Wrapped | None:
@@ -77,26 +82,34 @@ def _is_bridge(model: Any) -> bool:
 
 def _bridge(bridge: torch.nn.Module) -> Wrapped:
     inner = bridge.original_model
-    # Each bridge component holds the Hugging Face module it calls and a hook point whose name is
-    # the TransformerLens name plus ".hook_in"; key them by the inner module's tree name.
-    tl_name = {}
+    # Each bridge component holds the Hugging Face module it calls and hook points named by the
+    # TransformerLens name plus ".hook_out" etc.; key them by the inner module's tree name.
+    # Compatibility mode re-points some hooks to legacy aliases (ln2's hook_in is hook_resid_mid),
+    # so the first hook whose name still ends with its own attribute name says it.
+    tl_name, outer = {}, {}
     for component in inner.modules():
         original = getattr(component, "original_component", None)
-        hook_in = getattr(component, "hook_in", None)
-        name = getattr(hook_in, "name", None)
-        if isinstance(original, torch.nn.Module) and isinstance(name, str) and name.endswith(".hook_in"):
-            tl_name[id(original)] = name[: -len(".hook_in")]
-    site_names = {}
+        if not isinstance(original, torch.nn.Module):
+            continue
+        for attr in ("hook_out", "hook_normalized", "hook_in"):
+            name = getattr(getattr(component, attr, None), "name", None)
+            if isinstance(name, str) and name.endswith("." + attr):
+                tl_name[id(original)] = name[: -len(attr) - 1]
+                outer[id(original)] = component
+                break
+    site_names, site_modules = {}, {}
     for raw, module in inner.named_modules():
         if id(module) in tl_name:
             clean = ".".join(p for p in raw.split(".") if p and p != "_original_component")
             site_names[clean] = tl_name[id(module)]
+            site_modules[clean] = outer[id(module)]
 
     def call(batch: Mapping[str, Any]) -> Any:
         batch = dict(batch)
         return bridge(batch.pop("input_ids"), **batch)
 
-    return Wrapped(outer=bridge, inner=inner, library="transformer_lens", site_names=site_names, call=call)
+    return Wrapped(outer=bridge, inner=inner, library="transformer_lens", site_names=site_names, call=call,
+                   site_modules=site_modules)
 
 
 # --- nnsight --------------------------------------------------------------------------------------

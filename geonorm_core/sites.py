@@ -165,7 +165,8 @@ class NormSite:
     Attributes
     ----------
     name : module name as in ``model.named_modules()``.
-    module : the module itself (not in repr, equality or ``to_dict``).
+    module : the module itself (not in repr, equality or ``to_dict``); in a TransformerLens bridge, the
+        bridge component that runs it (:mod:`geonorm_core.interop`).
     kind : ``"layernorm"`` (mean subtraction), ``"rmsnorm"`` or ``"unknown"``.
     variant : readable family of the formula: ``"torch.LayerNorm"``, ``"torch.RMSNorm"``,
         ``"layernorm"``, ``"layernorm-1p"``, ``"llama"``, ``"gemma"``, ``"t5"`` or ``"unknown"``.
@@ -251,9 +252,9 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, a TransformerLens TransformerBridge or an "
                             f"nnsight LanguageModel, got {type(model).__name__}")
-        inner, user_names = model, {}
+        inner, user_names, hook_on = model, {}, {}
     else:
-        inner, user_names = wrapped.inner, wrapped.site_names
+        inner, user_names, hook_on = wrapped.inner, wrapped.site_names, wrapped.site_modules
     tree = _Tree(inner)
     candidates = [(name, mod) for name, mod in tree.modules.items()
                   if _is_candidate(mod) and not tree.holds_candidate(name)]
@@ -287,7 +288,7 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
         width = sizes.most_common(1)[0][0] if sizes else None
 
     found.sort(key=_forward_order)
-    return [NormSite(name=user_names.get(s["name"], s["name"]), module=s["module"], kind=s["kind"], variant=s["variant"],
+    return [NormSite(name=user_names.get(s["name"], s["name"]), module=hook_on.get(s["name"], s["module"]), kind=s["kind"], variant=s["variant"],
                      formula=s["formula"], layer=s["layer"], role=s["role"], stack=s["stack"],
                      d=s["d"], eps=s["eps"], gain=s["gain"], bias=s["bias"],
                      residual=(s["d"] == width and s["role"] not in ("q_norm", "k_norm")),
