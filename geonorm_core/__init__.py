@@ -23,14 +23,14 @@ __all__ = [
     "kernel_info", "get_num_threads", "set_num_threads", "__version__",
     "Moments", "Histogram", "Quantity", "SiteStats", "Report",
     "NormSite", "find_norm_sites", "analyze", "Analyzer", "load_model", "GeometryMonitor", "Timeline",
-    "dump", "analyze_dump", "open_activations", "ActivationSite", "DumpError", "swap_test", "swapped", "SwapResult",
+    "analyze_cache", "dump", "analyze_dump", "open_activations", "ActivationSite", "DumpError", "swap_test", "swapped", "SwapResult",
 ]
 
 # These need torch (and transformers): imported on first use, so the core works without them.
 _TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites", "analyze": "adapter", "Analyzer": "adapter",
                "load_model": "models", "GeometryMonitor": "monitor", "Timeline": "monitor",
                "dump": "dumping", "swap_test": "swap", "swapped": "swap",
-               "SwapResult": "swap"}
+               "SwapResult": "swap", "analyze_cache": "caches"}
 
 
 def __getattr__(name):
