@@ -256,3 +256,17 @@ def test_batch_group_instance_norms_are_never_sites():
     model = torch.nn.ModuleDict({"bn": MyBatchNormLike(8), "gn": torch.nn.GroupNorm(2, 8),
                                  "inorm": torch.nn.InstanceNorm1d(8), "ln": torch.nn.LayerNorm(8)})
     assert [s.name for s in find_norm_sites(model)] == ["ln"]
+
+
+@pytest.mark.parametrize("model_type, kind, variant, has_gain, has_bias, eps", [
+    ("olmo", "layernorm", "layernorm", False, False, 1e-5),   # F.layer_norm(x, shape, None, None, eps=1e-5)
+    ("cohere", "layernorm", "layernorm", True, False, 1e-5),
+    ("nemotron", "layernorm", "layernorm-1p", True, True, 1e-5),
+    ("gemma2", "rmsnorm", "gemma", True, False, 1e-6),
+    ("stablelm", "layernorm", "torch.LayerNorm", True, True, 1e-5),
+])
+def test_what_each_family_computes(model_type, kind, variant, has_gain, has_bias, eps):
+    sites = find_norm_sites(build(model_type))
+    assert {(s.kind, s.variant, s.gain is not None, s.bias is not None) for s in sites} == {
+        (kind, variant, has_gain, has_bias)}
+    assert all(s.eps == pytest.approx(eps, rel=1e-9) for s in sites), [s.eps for s in sites]

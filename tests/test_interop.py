@@ -7,6 +7,7 @@ its twin stays plain (a bridge re-parents the modules of the model it wraps).
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -50,6 +51,13 @@ def bridge(kind, tok, **compat):
     if compat:
         br.enable_compatibility_mode(disable_warnings=True, **compat)
     return br
+
+
+def nnsight_model(kind, tok, cls="LanguageModel"):
+    """nnsight 0.8 deprecates LanguageModel for TransformersModel; users hold both."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nnsight.NNsightDeprecationWarning)
+        return getattr(nnsight, cls)(hf_model(kind, len(tok)), tokenizer=tok)
 
 
 def batches(n=2, b=3, t=10):
@@ -126,9 +134,10 @@ def test_compatibility_mode_folded_is_analyzed_as_it_computes(kind, byte_tokeniz
     assert_same(analyze_cache(cache, attention_mask=bt["attention_mask"]), live, {n: n for n in TL_NAMES})
 
 
-def test_nnsight_model_gives_the_plain_models_numbers(kind, plain, byte_tokenizer):
+@pytest.mark.parametrize("cls", ["LanguageModel", "TransformersModel"])
+def test_nnsight_model_gives_the_plain_models_numbers(cls, kind, plain, byte_tokenizer):
     model, want = plain
-    lm = nnsight.LanguageModel(hf_model(kind, len(byte_tokenizer)), tokenizer=byte_tokenizer)
+    lm = nnsight_model(kind, byte_tokenizer, cls)
     got = gn.analyze(lm, batches())
     names = [s.name for s in gn.find_norm_sites(model) if s.residual]
     assert_same(got, want, {n: n for n in names})
@@ -145,7 +154,7 @@ def test_transformer_lens_cache_matches_live_analysis(kind, plain, byte_tokenize
 
 def test_nnsight_saved_tensors_match_live_analysis(kind, plain, byte_tokenizer):
     model, _ = plain
-    lm = nnsight.LanguageModel(hf_model(kind, len(byte_tokenizer)), tokenizer=byte_tokenizer)
+    lm = nnsight_model(kind, byte_tokenizer)
     names = [s.name for s in gn.find_norm_sites(model) if s.residual]
     bt = batches(n=1)[0]
     saved = {}
@@ -180,7 +189,7 @@ def test_geometry_monitor_on_wrapped_models(wrapper, plain, kind, byte_tokenizer
         run = lambda bt: wrapped(bt["input_ids"], attention_mask=bt["attention_mask"])  # noqa: E731
         names = hf_to_tl(model)
     else:
-        wrapped = nnsight.LanguageModel(hf_model(kind, len(byte_tokenizer)), tokenizer=byte_tokenizer)
+        wrapped = nnsight_model(kind, byte_tokenizer)
 
         def run(bt):
             with wrapped.trace(dict(bt)):
