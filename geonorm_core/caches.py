@@ -25,7 +25,8 @@ bridge has folded the gains into the next layer, so they are 1 there, as in the 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask
         If no requested site has its pair of tensors in the cache (the message lists the keys it
         looked for), or a pair's shapes disagree with each other or with ``attention_mask``.
     """
-    if not (isinstance(cache, Mapping) or hasattr(cache, "keys") and hasattr(cache, "__getitem__")):
+    if not (isinstance(cache, Mapping) or (hasattr(cache, "keys") and hasattr(cache, "__getitem__"))):
         raise TypeError(f"cache: expected a TransformerLens ActivationCache or a dict of tensors, "
                         f"got {type(cache).__name__}")
     if model is None:
@@ -96,7 +97,6 @@ def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask
         if missing:
             raise ValueError(f"sites: {missing} have no input/output pair in the cache")
 
-    shape = None
     for site, (ki, ko) in pairs.values():
         hidden, post = cache[ki], cache[ko]
         hidden = hidden[0] if isinstance(hidden, (tuple, list)) else hidden  # nnsight .input of a call
@@ -104,12 +104,13 @@ def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask
         if tuple(hidden.shape) != tuple(post.shape):
             raise ValueError(f"cache[{ki!r}] has shape {tuple(hidden.shape)} but cache[{ko!r}] has "
                              f"{tuple(post.shape)}; expected the same (..., {site.d})")
-        lead = tuple(hidden.shape[:2]) if hidden.dim() >= 3 else (1, int(hidden.shape[0]))
-        shape = shape or lead
+        if hidden.dim() < 2:
+            raise ValueError(f"cache[{ki!r}] has shape {tuple(hidden.shape)}; expected (batch, seq, {site.d}) "
+                             f"or (seq, {site.d})")
+        batched = hidden.dim() >= 3
+        lead = tuple(hidden.shape[:2]) if batched else (1, int(hidden.shape[0]))  # one unbatched sequence
         rows = an.token_mask(lead, _as_mask(attention_mask, lead))
-        an.count_only(rows if hidden.dim() >= 3 else None)
-        if hidden.dim() == 2 and (attention_mask is not None or exclude_first_token):
-            an.count_only(rows[0])
+        an.count_only(rows if batched else rows[0])
         an._measure(site, hidden.detach(), post.detach())
     an.count_only(None)
     return an.report()

@@ -220,13 +220,15 @@ class NormSite:
         }
 
 
-def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) -> list[NormSite]:
+def find_norm_sites(model: Any, *, include_unknown: bool = False) -> list[NormSite]:
     """Find every LayerNorm/RMSNorm of ``model`` and identify its formula, layer and role.
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module, TransformerLens ``TransformerBridge`` or nnsight ``LanguageModel``
         Any torch model; Hugging Face models also give their width through ``model.config``.
+        A wrapped model's sites are named as its users name them (``blocks.3.ln1`` in
+        TransformerLens; :mod:`geonorm_core.interop`).
     include_unknown : bool, default False
         Also return candidates whose output matches no formula (kind ``"unknown"``); by default
         they are skipped with a warning.
@@ -239,7 +241,7 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
     Raises
     ------
     TypeError
-        If ``model`` is not a ``torch.nn.Module``.
+        If ``model`` is neither a ``torch.nn.Module`` nor a model wrapped by one of those libraries.
 
     Notes
     -----
@@ -288,8 +290,8 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
         width = sizes.most_common(1)[0][0] if sizes else None
 
     found.sort(key=_forward_order)
-    return [NormSite(name=user_names.get(s["name"], s["name"]), module=hook_on.get(s["name"], s["module"]), kind=s["kind"], variant=s["variant"],
-                     formula=s["formula"], layer=s["layer"], role=s["role"], stack=s["stack"],
+    return [NormSite(name=user_names.get(s["name"], s["name"]), module=hook_on.get(s["name"], s["module"]),
+                     kind=s["kind"], variant=s["variant"], formula=s["formula"], layer=s["layer"], role=s["role"], stack=s["stack"],
                      d=s["d"], eps=s["eps"], gain=s["gain"], bias=s["bias"],
                      residual=(s["d"] == width and s["role"] not in ("q_norm", "k_norm")),
                      verified=s["verified"])
@@ -448,7 +450,7 @@ def _measure_eps(module: torch.nn.Module, d: int) -> float | str:
         row = torch.randn(4, d, generator=gen, dtype=torch.float64)
         row = row - row.mean(-1, keepdim=True)
         row = row / row.pow(2).mean(-1, keepdim=True).sqrt()  # unit variance and mean square
-        for v in (10.0 ** -k for k in range(0, 13)):
+        for v in (10.0 ** -k for k in range(13)):
             with torch.no_grad():
                 y = _run(twin, (row * math.sqrt(v)).float())
             ratio = float(np.mean(y * y))

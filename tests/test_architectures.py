@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from geonorm_core import slow  # noqa: E402
-from geonorm_core.adapter import analyze  # noqa: E402
-from geonorm_core.sites import NormSite, find_norm_sites  # noqa: E402
+from geonorm_core import slow
+from geonorm_core.adapter import analyze
+from geonorm_core.sites import NormSite, find_norm_sites
 
 WIDTH, VOCAB = 64, 128
 _GENERIC = dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -18,9 +18,9 @@ transformers = pytest.importorskip("transformers")
 tl_bridge = pytest.importorskip("transformer_lens.model_bridge")
 nnsight = pytest.importorskip("nnsight")
 
-import geonorm_core as gn  # noqa: E402
-from geonorm_core.caches import analyze_cache  # noqa: E402
-from geonorm_core.monitor import GeometryMonitor  # noqa: E402
+import geonorm_core as gn
+from geonorm_core.caches import analyze_cache
+from geonorm_core.monitor import GeometryMonitor
 
 QUANTITIES = ("angle_hidden", "angle_post", "norm_hidden", "norm_post", "rotation", "max_abs_hidden",
               "ln_rms_gap")
@@ -167,6 +167,11 @@ def test_nnsight_saved_tensors_match_live_analysis(kind, plain, byte_tokenizer):
             saved[name + ".output"] = envoy.output.save()
     got = analyze_cache(saved, lm, attention_mask=bt["attention_mask"])
     assert_same(got, gn.analyze(model, [bt]), {n: n for n in names})
+    # one sequence without its batch axis, (seq, d), and its own mask
+    one = {k: v[1] for k, v in saved.items()}
+    got = analyze_cache(one, lm, attention_mask=bt["attention_mask"][1], exclude_first_token=True)
+    single = {k: v[1:2] for k, v in bt.items()}
+    assert_same(got, gn.analyze(model, [single], exclude_first_token=True), {n: n for n in names})
 
 
 def test_cache_errors_name_what_is_wrong(byte_tokenizer):
@@ -179,6 +184,13 @@ def test_cache_errors_name_what_is_wrong(byte_tokenizer):
     _, cache = br.run_with_cache(bt["input_ids"])
     with pytest.raises(ValueError, match="attention_mask has shape"):
         analyze_cache(cache, attention_mask=bt["attention_mask"][:, :4])
+    with pytest.raises(ValueError, match=r"sites: \['blocks.0.ln2'\] have no input/output pair"):
+        analyze_cache({k: v for k, v in cache.items() if not k.startswith("blocks.0.ln2")}, br,
+                      sites=["blocks.0.ln1", "blocks.0.ln2"])
+    with pytest.raises(TypeError, match="cache: expected a TransformerLens ActivationCache"):
+        analyze_cache([1, 2], br)
+    partial = analyze_cache({k: v for k, v in cache.items() if k.startswith("blocks.1.")}, br)
+    assert sorted(partial.sites) == ["blocks.1.ln1", "blocks.1.ln2"]
 
 
 @pytest.mark.parametrize("wrapper", ["bridge", "nnsight"])
@@ -186,7 +198,7 @@ def test_geometry_monitor_on_wrapped_models(wrapper, plain, kind, byte_tokenizer
     model, _ = plain
     if wrapper == "bridge":
         wrapped = bridge(kind, byte_tokenizer)
-        run = lambda bt: wrapped(bt["input_ids"], attention_mask=bt["attention_mask"])  # noqa: E731
+        run = lambda bt: wrapped(bt["input_ids"], attention_mask=bt["attention_mask"])
         names = hf_to_tl(model)
     else:
         wrapped = nnsight_model(kind, byte_tokenizer)
@@ -197,7 +209,6 @@ def test_geometry_monitor_on_wrapped_models(wrapper, plain, kind, byte_tokenizer
         names = {s.name: s.name for s in gn.find_norm_sites(model) if s.residual}
     bt = batches(n=1)[0]
     monitor = GeometryMonitor(wrapped, every=1)
-    with monitor:
-        with monitor.record(0), torch.no_grad():
-            run(bt)
+    with monitor, monitor.record(0), torch.no_grad():
+        run(bt)
     assert_same(monitor.timeline[0], gn.analyze(model, [bt]), names)
