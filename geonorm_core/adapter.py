@@ -139,6 +139,10 @@ class Analyzer:
             return rows.T
         if len(lead) > 2 and lead[:2] == rows.shape:  # per-head q/k norms: (B, T, heads) rows
             return np.broadcast_to(rows.reshape(rows.shape + (1,) * (len(lead) - 2)), lead)
+        if len(lead) == 3 and (lead[0], lead[2]) == rows.shape:  # q/k norms after the head transpose
+            return np.broadcast_to(rows[:, None, :], lead)
+        if lead == (rows.size,):  # flattened (B*T, d) rows: OPT's MLP norm
+            return rows.reshape(-1)
         return None  # another stack's sequence (e.g. an encoder's frames): every row counts
 
     # -- batches ---------------------------------------------------------------------------

@@ -212,3 +212,21 @@ def test_geometry_monitor_on_wrapped_models(wrapper, plain, kind, byte_tokenizer
     with monitor, monitor.record(0), torch.no_grad():
         run(bt)
     assert_same(monitor.timeline[0], gn.analyze(model, [bt]), names)
+
+
+def test_smollm2_through_a_bridge_gives_the_plain_models_numbers(smollm2):
+    """Real weights (massive activations, 30 layers): the bridge runs its own copy of each norm in raw
+    mode, and its numbers still agree with the plain model's to the contract."""
+    import copy
+
+    model, tok = smollm2
+    br = tl_bridge.TransformerBridge.boot_transformers("HuggingFaceTB/SmolLM2-135M", hf_model=copy.deepcopy(model),
+                                                       tokenizer=tok)
+    text = ("The geometry of a hidden vector is simple: a component along the uniform vector, "
+            "and everything orthogonal to it.")
+    enc = tok([text, text[:50]], return_tensors="pt", padding=True)
+    bt = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    names = [s.name for s in gn.find_norm_sites(model) if s.residual]
+    tl = [f"blocks.{i}.{ln}" for i in range(len(model.model.layers)) for ln in ("ln1", "ln2")] + ["ln_final"]
+    assert len(names) == len(tl) == 61
+    assert_same(gn.analyze(br, [bt]), gn.analyze(model, [bt]), dict(zip(tl, names)))
