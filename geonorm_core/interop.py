@@ -9,7 +9,8 @@ Two libraries wrap a Hugging Face model and are what many geonorm users hold:
   Hugging Face norm modules see every forward.  Its users name the norms by the bridge's hook
   points: ``blocks.3.ln1``, ``blocks.3.ln2``, ``ln_final`` (the prefix of ``...hook_in``).
   It is called ``bridge(input_ids, attention_mask=...)``.
-* **nnsight** ``LanguageModel`` (an ``Envoy`` around the model, not itself a ``torch.nn.Module``).
+* **nnsight** ``LanguageModel`` and ``TransformersModel`` (nnsight 0.8 deprecates the first for
+  the second; both are an ``Envoy`` around the model, not themselves a ``torch.nn.Module``).
   Its users name modules as the wrapped Hugging Face model does (``model.layers.3.input_layernorm``),
   and run it inside a trace: ``with lm.trace(batch): ...``.
 

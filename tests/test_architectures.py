@@ -169,7 +169,6 @@ def test_every_norm_module_is_a_site(tiny):
     model_type, model, sites = tiny
     expected = norm_modules(model)
     assert expected, model_type
-    assert [id(s.module) for s in sites if s.kind != "unknown"] != []
     assert {id(m) for m in expected} == {id(s.module) for s in sites}, model_type
     assert all(s.verified and s.kind in ("layernorm", "rmsnorm") for s in sites)
     keys = [(s.stack, s.layer, s.role) for s in sites]
