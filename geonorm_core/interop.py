@@ -12,7 +12,8 @@ Two libraries wrap a Hugging Face model and are what many geonorm users hold:
 * **nnsight** ``LanguageModel`` and ``TransformersModel`` (nnsight 0.8 deprecates the first for
   the second; both are an ``Envoy`` around the model, not themselves a ``torch.nn.Module``).
   Its users name modules as the wrapped Hugging Face model does (``model.layers.3.input_layernorm``),
-  and run it inside a trace: ``with lm.trace(batch): ...``.
+  and run it inside a trace, ``with lm.trace(batch): ...``, or in one shot,
+  ``lm.trace(batch, trace=False)`` (what geonorm does).
 
 :func:`unwrap` recognizes both by their attributes (neither library is imported, so geonorm does
 not depend on them) and returns a :class:`Wrapped`; :func:`~geonorm_core.sites.find_norm_sites`
@@ -123,8 +124,10 @@ def _is_nnsight(model: Any) -> bool:
 
 
 def _nnsight(lm: Any) -> Wrapped:
-    def call(batch: Mapping[str, Any]) -> None:
-        with lm.trace(dict(batch)):
-            pass  # hooks on the inner modules do the measuring; nothing to save
+    def call(batch: Mapping[str, Any]) -> Any:
+        # nnsight's one-shot forward: its input preparation, dispatch and the model's registered
+        # edits, as in a trace.  A ``with lm.trace(...)`` here would make nnsight read this file's
+        # source to find the block, which breaks when the source is missing or changed on disk.
+        return lm.trace(dict(batch), trace=False)
 
     return Wrapped(outer=lm, inner=lm._module, library="nnsight", site_names={}, call=call)
