@@ -23,8 +23,8 @@ __all__ = [
     "kernel_info", "get_num_threads", "set_num_threads", "__version__",
     "Moments", "Histogram", "Quantity", "SiteStats", "Report",
     "NormSite", "find_norm_sites", "analyze", "Analyzer", "load_model", "GeometryMonitor", "Timeline",
-    "dump", "analyze_dump", "open_activations", "ActivationSite", "DumpError", "swap_test", "swapped", "SwapResult",
-    "to_rmsnorm", "save_converted", "load_converted",
+    "analyze_cache", "dump", "analyze_dump", "open_activations", "ActivationSite", "DumpError", "swap_test",
+    "swapped", "SwapResult", "to_rmsnorm", "save_converted", "load_converted",
 ]
 
 # These need torch (and transformers): imported on first use, so the core works without them.
@@ -32,7 +32,7 @@ _TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites", "analyze": "adap
                "load_model": "models", "GeometryMonitor": "monitor", "Timeline": "monitor",
                "dump": "dumps.writing", "swap_test": "swap", "swapped": "swap",
                "SwapResult": "swap", "to_rmsnorm": "convert", "save_converted": "convert",
-               "load_converted": "convert"}
+               "load_converted": "convert", "analyze_cache": "caches"}
 
 
 def __getattr__(name):

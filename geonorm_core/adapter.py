@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .accumulate import SiteStats
+from .interop import unwrap
 from .measure import BACKENDS, quantity_names, token_values
 from .measure_torch import token_values_torch
 from .report import Report
@@ -224,6 +225,12 @@ class Analyzer:
             return rows
         if len(lead) == 2 and lead == rows.shape[::-1]:  # (T, B) layouts
             return rows.T
+        if len(lead) > 2 and lead[:2] == rows.shape:  # per-head q/k norms: (B, T, heads) rows
+            return np.broadcast_to(rows.reshape(rows.shape + (1,) * (len(lead) - 2)), lead)
+        if len(lead) == 3 and (lead[0], lead[2]) == rows.shape:  # q/k norms after the head transpose
+            return np.broadcast_to(rows[:, None, :], lead)
+        if lead == (rows.size,):  # flattened (B*T, d) rows: OPT's MLP norm
+            return rows.reshape(-1)
         return None  # another stack's sequence (e.g. an encoder's frames): every row counts
 
     # -- batches ---------------------------------------------------------------------------
@@ -232,7 +239,9 @@ class Analyzer:
         if not isinstance(batch, Mapping) or "input_ids" not in batch:
             raise TypeError(f"batch must be a dict with 'input_ids' (and optionally 'attention_mask'), "
                             f"as tokenizers make them; got {type(batch).__name__}")
-        device = next(self.model.parameters()).device
+        wrapped = unwrap(self.model)  # TransformerLens / nnsight: their model, their calling convention
+        runs = self.model if wrapped is None else wrapped.inner
+        device = next(runs.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ids = inputs["input_ids"]
         if ids.ndim != 2:
@@ -245,7 +254,10 @@ class Analyzer:
         self.count_only(rows)
         try:
             with torch.inference_mode():
-                self.model(**inputs)
+                if wrapped is None:
+                    self.model(**inputs)
+                else:
+                    wrapped.call(inputs)
         finally:
             self.count_only(None)
         return int(rows.sum())
@@ -287,7 +299,10 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
 
     Parameters
     ----------
-    model : a torch / Hugging Face model (any device; set ``eval()`` yourself or via ``load_model``).
+    model : a torch / Hugging Face model (any device; set ``eval()`` yourself or via ``load_model``),
+        or one wrapped by TransformerLens (``TransformerBridge``) or nnsight (``LanguageModel``):
+        it is run in its own calling convention and its sites carry the names its users see
+        (:mod:`geonorm_core.interop`).
     batches : dicts as tokenizers make them (``input_ids``, optional ``attention_mask``).
     sites : module names to measure (default: every residual-stream norm site).
     exclude_first_token : drop each sequence's first real token.

@@ -61,6 +61,7 @@ import torch
 
 from .accumulate import baseline_angle_sd
 from .adapter import Analyzer, check_backend, select_sites
+from .interop import unwrap
 from .report import JsonFile, Report
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
@@ -296,7 +297,10 @@ class GeometryMonitor:
                       exclude_first_token=self.exclude_first_token, meta={"step": int(step)})
         an.__enter__()
         self._analyzer, self._step = an, step
-        self._pre_hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        # On the model that computes: a TransformerLens bridge or nnsight passes it input_ids by keyword.
+        wrapped = unwrap(self.model)
+        runs = self.model if wrapped is None else wrapped.inner
+        self._pre_hook = runs.register_forward_pre_hook(self._on_forward, with_kwargs=True)
         return True
 
     def finish(self) -> None:

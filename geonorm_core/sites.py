@@ -7,11 +7,16 @@ d, eps, and its effective gain and bias (SCIENCE.md G8).
 
 How a module becomes a site
 ---------------------------
-1. **Candidates, by type and convention.**  An instance of ``torch.nn.LayerNorm`` or
-   ``torch.nn.RMSNorm`` (BatchNorm, InstanceNorm and GroupNorm normalize over other axes and are
-   never candidates), or any module whose class name ends with ``"Norm"`` (``...LayerNorm``,
-   ``...RMSNorm``, ...) that has a 1-D ``weight`` and an eps-like attribute (``eps``,
-   ``variance_epsilon`` or ``epsilon``).
+1. **Candidates, by what they might compute.**  Every ``torch.nn.LayerNorm`` and
+   ``torch.nn.RMSNorm`` in any configuration (``elementwise_affine=False``, ``bias=False``), and
+   every module whose class name contains ``"Norm"`` anywhere (``OlmoLayerNorm``,
+   ``NemotronLayerNorm1P``, TransformerLens's ``LayerNormPre``/``RMSNormPre``), with or without
+   parameters.  BatchNorm, InstanceNorm and GroupNorm (by type or by name) normalize over other
+   axes and are never candidates.  A candidate that contains another candidate is a container or
+   a wrapper (StableLM's per-head norm list, a TransformerLens bridge component around the Hugging
+   Face norm it calls): the inner norms are the sites.  Path components named
+   ``_original_component`` (how TransformerLens 4 nests the modules it wraps) are left out of
+   names, so a wrapped model's sites carry the names of the model it wraps.
 2. **Numeric verification.**  The candidate's formula is identified by running it: a shallow copy
    of the module gets random float32 parameters on the CPU (so zero-initialized or all-ones
    weights cannot make two formulas look alike), its class's ``forward`` runs on a few random
@@ -29,7 +34,11 @@ How a module becomes a site
    probe at ``var(x) ~ eps`` checks that the module really uses the eps it advertises (a warning
    if not).  The copy runs the class's ``forward`` directly, so no hook registered on the model
    ever fires, and the global torch RNG is not touched.  A module that matches no formula is
-   kind ``"unknown"`` and is skipped with a warning unless ``include_unknown=True``.  A module
+   kind ``"unknown"`` and is skipped with a warning unless ``include_unknown=True``.  A
+   parameter-free norm has gain and bias None; one that keeps its eps out of sight (OLMo's
+   ``F.layer_norm(..., eps=1e-5)`` with no attribute) has its eps measured from the probe at small
+   variance (for LayerNorm ``mean(y^2) = var / (var + eps)``), rounded to 3 significant digits.
+   Its size is ``normalized_shape``, else the weight's length, else the model width.  A module
    that cannot be run (meta device, extra forward arguments) is ``verified=False``: exact
    ``nn.LayerNorm``/``nn.RMSNorm`` keep their documented formula, anything else is unknown.
 
@@ -116,6 +125,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .interop import unwrap
+
 __all__ = ["NormSite", "find_norm_sites"]
 
 ROLES = ("embed", "LN1", "q_norm", "k_norm", "post_attn", "cross_attn", "LN2", "post_mlp",
@@ -129,10 +140,11 @@ _LN1 = {"ln_1", "ln1", "input_layernorm", "input_layer_norm", "attention_norm", 
         "layernorm_before", "pre_attention_layernorm"}
 _LN2 = {"ln_2", "ln2", "post_attention_layernorm", "pre_feedforward_layernorm", "ffn_norm",
         "mlp_norm", "ln_mlp", "norm2", "norm_2", "layernorm_after", "pre_mlp_layernorm",
-        "final_layer_norm"}
-_POST_ATTN = {"post_attn_norm", "post_attention_norm", "post_self_attn_layernorm"}
+        "final_layer_norm", "pre_ff_layernorm"}
+_POST_ATTN = {"post_attn_norm", "post_attention_norm", "post_self_attn_layernorm",
+              "sa_layer_norm"}  # DistilBERT is post-LN
 _POST_MLP = {"post_feedforward_layernorm", "post_ffn_norm", "post_mlp_norm",
-             "post_mlp_layernorm"}
+             "post_mlp_layernorm", "output_layer_norm"}
 _Q_NORM = {"q_norm", "q_layernorm", "q_layer_norm", "query_layernorm", "query_norm", "q_ln"}
 _K_NORM = {"k_norm", "k_layernorm", "k_layer_norm", "key_layernorm", "key_norm", "k_ln"}
 _CROSS = {"encoder_attn_layer_norm", "cross_attn_layer_norm", "cross_attention_layernorm",
@@ -153,7 +165,8 @@ class NormSite:
     Attributes
     ----------
     name : module name as in ``model.named_modules()``.
-    module : the module itself (not in repr, equality or ``to_dict``).
+    module : the module itself (not in repr, equality or ``to_dict``); in a TransformerLens bridge, the
+        bridge component that runs it (:mod:`geonorm_core.interop`).
     kind : ``"layernorm"`` (mean subtraction), ``"rmsnorm"`` or ``"unknown"``.
     variant : readable family of the formula: ``"torch.LayerNorm"``, ``"torch.RMSNorm"``,
         ``"layernorm"``, ``"layernorm-1p"``, ``"llama"``, ``"gemma"``, ``"t5"`` or ``"unknown"``.
@@ -207,13 +220,15 @@ class NormSite:
         }
 
 
-def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) -> list[NormSite]:
+def find_norm_sites(model: Any, *, include_unknown: bool = False) -> list[NormSite]:
     """Find every LayerNorm/RMSNorm of ``model`` and identify its formula, layer and role.
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module, TransformerLens ``TransformerBridge`` or nnsight ``LanguageModel``
         Any torch model; Hugging Face models also give their width through ``model.config``.
+        A wrapped model's sites are named as its users name them (``blocks.3.ln1`` in
+        TransformerLens; :mod:`geonorm_core.interop`).
     include_unknown : bool, default False
         Also return candidates whose output matches no formula (kind ``"unknown"``); by default
         they are skipped with a warning.
@@ -226,7 +241,7 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
     Raises
     ------
     TypeError
-        If ``model`` is not a ``torch.nn.Module``.
+        If ``model`` is neither a ``torch.nn.Module`` nor a model wrapped by one of those libraries.
 
     Notes
     -----
@@ -234,17 +249,30 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
     random rows (module docstring), so the model itself is neither modified nor run, and its
     hooks do not fire.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-
-    candidates = [(name, mod) for name, mod in model.named_modules() if _is_candidate(mod)]
+    wrapped = unwrap(model)  # TransformerLens / nnsight: the torch model inside, the names users see
+    if wrapped is None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, a TransformerLens TransformerBridge or an "
+                            f"nnsight LanguageModel, got {type(model).__name__}")
+        inner, user_names, hook_on = model, {}, {}
+    else:
+        inner, user_names, hook_on = wrapped.inner, wrapped.site_names, wrapped.site_modules
+    tree = _Tree(inner)
+    candidates = [(name, mod) for name, mod in tree.modules.items()
+                  if _is_candidate(mod) and not tree.holds_candidate(name)]
     paths = [name.split(".") for name, _ in candidates]
     two_stacks = ({_stack_of(p) for p in paths} >= {"encoder", "decoder"})
-    post_ln = _config_says_post_ln(model)
+    post_ln = _config_says_post_ln(inner)
+    width = _model_width(inner)
+    if width is None:  # no config: what a parameter-free norm of unknown size is probed at
+        sizes = Counter(_size_of(m, None) for _, m in candidates) - Counter({None: len(candidates)})
+        probe_width = sizes.most_common(1)[0][0] if sizes else None
+    else:
+        probe_width = width
 
     found = []
     for order, (name, module) in enumerate(candidates):
-        ident = _identify(module)
+        ident = _identify(module, probe_width)
         if ident["kind"] == "unknown" and not include_unknown:
             warnings.warn(f"find_norm_sites: skipping {name!r} ({type(module).__name__}): "
                           f"{ident['why']}; pass include_unknown=True to list it", stacklevel=2)
@@ -253,18 +281,17 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
         layer = _layer_of(path)
         found.append(dict(
             ident, name=name, module=module, layer=layer,
-            role=_role_of(model, path, layer, post_ln),
+            role=_role_of(tree, path, layer, post_ln),
             stack=_stack_of(path) if two_stacks else None, order=order))
 
-    width = _model_width(model)
     if width is None:  # no config: the most common size among the block norms
         sizes = Counter(s["d"] for s in found
                         if s["layer"] is not None and s["role"] not in ("q_norm", "k_norm"))
         width = sizes.most_common(1)[0][0] if sizes else None
 
     found.sort(key=_forward_order)
-    return [NormSite(name=s["name"], module=s["module"], kind=s["kind"], variant=s["variant"],
-                     formula=s["formula"], layer=s["layer"], role=s["role"], stack=s["stack"],
+    return [NormSite(name=user_names.get(s["name"], s["name"]), module=hook_on.get(s["name"], s["module"]),
+                     kind=s["kind"], variant=s["variant"], formula=s["formula"], layer=s["layer"], role=s["role"], stack=s["stack"],
                      d=s["d"], eps=s["eps"], gain=s["gain"], bias=s["bias"],
                      residual=(s["d"] == width and s["role"] not in ("q_norm", "k_norm")),
                      verified=s["verified"])
@@ -275,42 +302,88 @@ def find_norm_sites(model: torch.nn.Module, *, include_unknown: bool = False) ->
 # 1. Candidates
 # ---------------------------------------------------------------------------------------------
 
+class _Tree:
+    """The module tree of a model with ``_original_component`` path components left out.
+
+    TransformerLens 4 re-parents every Hugging Face module it wraps under a bridge component,
+    at ``<path>._original_component``; without that component the path is the Hugging Face one
+    again.  Where a wrapper and the module it wraps then share a path, the inner one (the
+    module that computes) keeps it.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.children: dict[str, set[str]] = {}
+        for raw, module in model.named_modules():
+            path = [p for p in raw.split(".") if p and p != "_original_component"]
+            name = ".".join(path)
+            self.modules[name] = module  # named_modules is pre-order: the inner module comes last
+            if path:
+                self.children.setdefault(".".join(path[:-1]), set()).add(path[-1])
+
+    def holds_candidate(self, name: str) -> bool:
+        """Whether a module below ``name`` (another module, not a wrapped twin) is a candidate."""
+        prefix = name + "." if name else ""
+        own = self.modules[name]
+        return any(other is not own and key.startswith(prefix) and _is_candidate(other)
+                   for key, other in self.modules.items() if key != name)
+
+
+_NOT_PER_VECTOR = ("BatchNorm", "GroupNorm", "InstanceNorm", "SyncBatchNorm")
+
+
 def _is_candidate(module: torch.nn.Module) -> bool:
     if isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)):
         return False  # normalize over the batch / channel groups, not each hidden vector
     if isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)):
         return True
-    weight = getattr(module, "weight", None)
-    return (type(module).__name__.endswith("Norm")
-            and isinstance(weight, torch.Tensor) and weight.dim() == 1
-            and any(hasattr(module, a) for a in _EPS_ATTRS))
+    name = type(module).__name__
+    return "Norm" in name and not any(word in name for word in _NOT_PER_VECTOR)
 
 
-def _eps_of(module: torch.nn.Module) -> float:
+def _eps_of(module: torch.nn.Module) -> float | None:
+    """The eps the module advertises; None when it has no eps attribute (then it is measured)."""
     for attr in _EPS_ATTRS:
         eps = getattr(module, attr, None)
-        if eps is not None:
+        if isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.numel() == 1):
             return float(eps)
-    return float(torch.finfo(torch.float32).eps)  # nn.RMSNorm(eps=None) uses the dtype's eps
+    if isinstance(module, torch.nn.RMSNorm):
+        return float(torch.finfo(torch.float32).eps)  # nn.RMSNorm(eps=None) uses the dtype's eps
+    return None
 
 
-def _size_of(module: torch.nn.Module) -> int | None:
+def _size_of(module: torch.nn.Module, width: int | None) -> int | None:
+    """The normalized size: ``normalized_shape``, else the 1-D weight's length, else the model width
+    (a parameter-free norm works at any size).  None when it normalizes over several axes."""
     shape = getattr(module, "normalized_shape", None)
-    if isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)):
+    if isinstance(shape, int):
+        return shape
+    if isinstance(shape, (tuple, list, torch.Size)) and len(shape) > 0:
         return int(shape[0]) if len(shape) == 1 else None
-    return int(module.weight.shape[0])
+    weight = _tensor_attr(module, "weight")
+    if weight is not None:
+        return int(weight.shape[0]) if weight.dim() == 1 else None
+    for attr in ("hidden_size", "dim", "d_model"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return width
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. Numeric verification
 # ---------------------------------------------------------------------------------------------
 
-def _identify(module: torch.nn.Module) -> dict:
+def _identify(module: torch.nn.Module, width: int | None = None) -> dict:
     """Which formula the module computes, its variant, eps, effective gain and bias."""
-    d, eps = _size_of(module), _eps_of(module)
+    d, eps = _size_of(module, width), _eps_of(module)
     weight, bias = _tensor_attr(module, "weight"), _tensor_attr(module, "bias")
     if d is None:
-        return _unknown(module, 0, eps, "it normalizes over more than one axis")
+        return _unknown(module, 0, eps or 0.0, "it normalizes over more than one axis, or its size is unknown")
+    if eps is None:
+        eps = _measure_eps(module, d)
+        if isinstance(eps, str):
+            return _unknown(module, d, 0.0, eps)
     probe = _probe(module, d, eps)
     if isinstance(probe, str):  # could not run it: trust only torch's own classes
         if type(module) in (torch.nn.LayerNorm, torch.nn.RMSNorm):
@@ -355,6 +428,37 @@ def _probe(module: torch.nn.Module, d: int, eps: float):
             warnings.warn(f"find_norm_sites: {type(module).__name__} does not use its eps={eps:g} "
                           f"as var + eps (relative error {err:.2g} at var ~ eps)", stacklevel=4)
     return best
+
+
+def _measure_eps(module: torch.nn.Module, d: int) -> float | str:
+    """The eps a module without an eps attribute adds to the variance, measured from its output.
+
+    Both formulas give ``mean(y^2) = v / (v + eps)`` for unit gain, no bias and rows of variance
+    (LayerNorm) or mean square (RMSNorm) ``v``, so ``eps = v (1 / mean(y^2) - 1)``; ``v`` runs down
+    from 1 until the ratio is informative (``mean(y^2)`` in [0.05, 0.95]).  Rows are centered and
+    the gain set to 1 and the bias to 0, so the ratio is the same for both formulas.  Returns the
+    estimate rounded to 3 significant digits, 0.0 when eps stays below 1e-12 of the variance even
+    at ``v = 1e-12``, or a string saying why it could not be run.
+    """
+    gen = torch.Generator().manual_seed(0x657073)
+    try:
+        twin, _, _ = _random_twin(module, gen)
+        for attr, value in (("weight", 1.0), ("bias", 0.0)):
+            t = _tensor_attr(twin, attr)
+            if t is not None:
+                t.fill_(value)
+        row = torch.randn(4, d, generator=gen, dtype=torch.float64)
+        row = row - row.mean(-1, keepdim=True)
+        row = row / row.pow(2).mean(-1, keepdim=True).sqrt()  # unit variance and mean square
+        for v in (10.0 ** -k for k in range(13)):
+            with torch.no_grad():
+                y = _run(twin, (row * math.sqrt(v)).float())
+            ratio = float(np.mean(y * y))
+            if 0.05 <= ratio <= 0.95:
+                return float(f"{v * (1.0 / ratio - 1.0):.3g}")
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot verify"
+        return f"it could not be run on a float32 (4, {d}) tensor ({type(exc).__name__}: {exc})"
+    return 0.0
 
 
 def _random_twin(module: torch.nn.Module, gen: torch.Generator):
@@ -483,7 +587,7 @@ def _stack_of(path: list[str]) -> str | None:
     return None
 
 
-def _role_of(model: torch.nn.Module, path: list[str], layer: int | None, post_ln: bool) -> str:
+def _role_of(tree: _Tree, path: list[str], layer: int | None, post_ln: bool) -> str:
     leaf = path[-1].lower()
     lowpath = [p.lower() for p in path]
     if leaf in _Q_NORM:
@@ -495,8 +599,7 @@ def _role_of(model: torch.nn.Module, path: list[str], layer: int | None, post_ln
             return "embed"
         return "final" if leaf in _FINAL else "other"
 
-    parent = model.get_submodule(".".join(path[:-1]))
-    siblings = {n.lower() for n, _ in parent.named_children()} - {leaf}
+    siblings = {n.lower() for n in tree.children.get(".".join(path[:-1]), ())} - {leaf}
     if leaf in _CROSS:
         return "cross_attn"
     if leaf == "post_attention_layernorm" and siblings & _SANDWICH_SIBLINGS:

@@ -75,3 +75,25 @@ def whisper_base():
     from geonorm_core.whisper import load_whisper_base
 
     return load_whisper_base()
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer(tmp_path_factory):
+    """A byte-level tokenizer built here (no hub): 259 ids, <s>=0, </s>=1, <pad>=2, BOS prepended.
+
+    Saved and reloaded so that it has the ``name_or_path`` TransformerLens's bridge reads.
+    """
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                               pad_token="<pad>")
+    folder = tmp_path_factory.mktemp("byte_tokenizer")
+    tok.save_pretrained(folder)
+    return transformers.AutoTokenizer.from_pretrained(folder, add_bos_token=True)
