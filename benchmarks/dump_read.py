@@ -4,8 +4,9 @@
     python benchmarks/dump_read.py memory [--gb 1 8]
     python benchmarks/dump_read.py all [--json out.json]
 
-Throughput: a synthetic geonorm dump (8 norm sites, ``--d``, ``--dtype``; shards of 2048 rows, as
-SmolLM2-135M in fp32 writes them) is written, left alone for ``RACY_SECONDS``, read once by
+Throughput: a synthetic geonorm dump (8 norm sites, ``--d``, ``--dtype``; shards of the rows
+``gn.dump`` writes by default for SmolLM2-135M's 61 sites, ``default_shard_rows``, or
+``--shard-rows`` to measure other dumps, e.g. 2048 as geonorm wrote SmolLM2's fp32 shards before) is written, left alone for ``RACY_SECONDS``, read once by
 analyze_dump (the first read: every shard hashed and recorded as verified), then read, in one
 process and alternating, by
 
@@ -47,7 +48,7 @@ RAW_CHUNK = 8 << 20
 
 
 def write_synthetic_dump(root: Path, gb: float, *, d: int = 576, dtype: str = "float32", sites: int = 8,
-                         shard_rows: int = 2048) -> Path:
+                         shard_rows: int | None = None) -> Path:
     """A geonorm dump of about ``gb`` GB, through the real writer (atomic shards, sha256, manifest).
 
     Rows are a few random blocks reused (the content does not change the reading cost): hidden
@@ -58,6 +59,8 @@ def write_synthetic_dump(root: Path, gb: float, *, d: int = 576, dtype: str = "f
     from geonorm_core.dumps.writing import DumpWriter
 
     dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    if shard_rows is None:
+        shard_rows = smollm2_shard_rows(d, dt.itemsize)
     rng = np.random.default_rng(0)
     gains = [rng.uniform(0.5, 1.5, d).astype(np.float32) for _ in range(sites)]
     pool = []
@@ -83,6 +86,13 @@ def write_synthetic_dump(root: Path, gb: float, *, d: int = 576, dtype: str = "f
         if c + 1 < checkpoints:
             w.checkpoint(c + 1, tokens, None)
     return w.finish(checkpoints, tokens, None)
+
+
+def smollm2_shard_rows(d: int, itemsize: int, sites: int = 61) -> int:
+    """The shard rows gn.dump picks by default for a model with SmolLM2-135M's 61 norm sites."""
+    from geonorm_core.dumps.writing import default_shard_rows
+
+    return default_shard_rows(sites, sites * 2 * d * itemsize)
 
 
 def dump_files(root: Path) -> list[Path]:
@@ -136,14 +146,15 @@ def compute_only(root: Path, num_threads: int | None) -> float:
     return seconds * rows_all / rows_timed
 
 
-def throughput(gb: float, d: int, dtype: str, repeats: int, workdir: Path, num_threads: int | None) -> dict:
+def throughput(gb: float, d: int, dtype: str, repeats: int, workdir: Path, num_threads: int | None,
+               shard_rows: int | None = None) -> dict:
     from geonorm_core.dumps import analyze_dump
     from geonorm_core.dumps.verify import RACY_SECONDS
 
     os.environ["GEONORM_CACHE_DIR"] = str(workdir / "cache")  # the record of verified shards: ours alone
     root = workdir / f"dump-{gb:g}gb-{dtype}-{d}"
     t = time.perf_counter()
-    write_synthetic_dump(root, gb, d=d, dtype=dtype)
+    write_synthetic_dump(root, gb, d=d, dtype=dtype, shard_rows=shard_rows)
     os.sync()  # no writeback running under the timings
     write_s = time.perf_counter() - t
     time.sleep(RACY_SECONDS)  # a file hashed sooner after its last write is hashed again next time
@@ -159,7 +170,8 @@ def throughput(gb: float, d: int, dtype: str, repeats: int, workdir: Path, num_t
         "analyze_rehash": lambda: analyze_dump(root, verify="rehash", num_threads=num_threads),
         "analyze_size": lambda: analyze_dump(root, verify="size", num_threads=num_threads),
     }
-    out = {"gb": nbytes / 1e9, "files": len(files), "d": d, "dtype": dtype, "write_s": write_s,
+    rows = json.loads((root / "manifest.json").read_text())["sites"][0]["shards"][0]["rows"]
+    out = {"gb": nbytes / 1e9, "files": len(files), "shard_rows": rows, "d": d, "dtype": dtype, "write_s": write_s,
            "num_threads": num_threads, "first_read": {"s": first_s, "GB/s": nbytes / first_s / 1e9}}
     for cache in ("warm", "cold"):
         times: dict[str, list[float]] = {k: [] for k in runs}
@@ -222,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="num_threads for the core (default: all cores)")
+    ap.add_argument("--shard-rows", type=int, default=None,
+                    help="rows per shard (default: what gn.dump writes for SmolLM2's 61 sites)")
     ap.add_argument("--dir", default=None, help="where the dumps go (default: a temp folder in /tmp)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -229,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"cpus": os.cpu_count()}
     try:
         if args.what in ("throughput", "all"):
-            result["throughput"] = [throughput(gb, args.d, args.dtype, args.repeats, workdir, args.threads)
-                                    for gb in (args.gb or [1.0])]
+            result["throughput"] = [throughput(gb, args.d, args.dtype, args.repeats, workdir, args.threads,
+                                               args.shard_rows) for gb in (args.gb or [1.0])]
             for r in result["throughput"]:
-                print(f"\n{r['gb']:.2f} GB, {r['files']} files, d={r['d']} {r['dtype']}, "
+                print(f"\n{r['gb']:.2f} GB, {r['files']} files of {r['shard_rows']} rows, d={r['d']} {r['dtype']}, "
                       f"threads={r['num_threads']}")
                 f = r["first_read"]
                 print(f"  first read, hashing {f['s']:7.3f} s  {f['GB/s']:6.2f} GB/s")

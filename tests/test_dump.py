@@ -163,13 +163,26 @@ def test_resume_gives_the_uninterrupted_dump(tmp_path, llama):
         dump(llama, batches(n=6, seed=1), cut, shard_rows=60, resume=True)
     with pytest.raises(ValueError, match="shard_rows"):
         dump(llama, bs, cut, shard_rows=61, resume=True)
-    dump(llama, bs, cut, shard_rows=60, resume=True)
+    dump(llama, bs, cut, resume=True)  # no shard_rows: the dump's own, whatever the default
     assert json.loads((cut / "manifest.json").read_text()) == json.loads(whole.read_text())
     got = {p.relative_to(cut): p.read_bytes() for p in cut.rglob("*") if p.is_file()}
     want = {p.relative_to(whole.parent): p.read_bytes() for p in whole.parent.rglob("*") if p.is_file()}
     assert got == want
     dump(llama, bs, cut, shard_rows=60, resume=True)  # complete: nothing to do, nothing changes
     assert json.loads((cut / "manifest.json").read_text()) == json.loads(whole.read_text())
+
+
+def test_default_shards_are_large_files_within_the_buffer_budget():
+    """Shard files of ~32 MiB (reading costs ~0.3 ms per file beyond its bytes), buffers <= 2 GiB."""
+    from geonorm_core.dumps.writing import DEFAULT_BUFFER_BYTES, DEFAULT_SHARD_BYTES, default_shard_rows
+
+    smollm2_fp32 = 61 * 2 * 576 * 4  # bytes a token: 61 sites, hidden + post
+    rows = default_shard_rows(61, smollm2_fp32)
+    assert rows == DEFAULT_SHARD_BYTES // (2 * 576 * 4) == 7281
+    assert default_shard_rows(61, 61 * 2 * 576 * 2) == DEFAULT_SHARD_BYTES // (2 * 576 * 2) == 14563
+    many = 400 * 2 * 4096 * 4  # 400 wide sites: the buffer budget decides
+    assert default_shard_rows(400, many) == max(64, DEFAULT_BUFFER_BYTES // many)
+    assert default_shard_rows(1, 10**9) == 64
 
 
 def test_a_failed_shard_write_leaves_no_temporary_file_and_the_last_checkpoint(tmp_path, llama, monkeypatch):

@@ -14,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--out", required=True, help="dump folder (new or empty; or the dump to --resume)")
     p.add_argument("--shard-rows", type=positive_int, default=None,
-                   help="rows per shard and site (default: what fits 512 MiB of buffers)")
+                   help="rows per shard and site (default: shard files of about 32 MiB, all sites' buffers at most "
+                        "2 GiB; on --resume, the dump's own)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted dump (same options)")
     p.add_argument("--sites", action="append", metavar="NAME[,NAME...]",
                    help="only these norm sites (module names; default: every residual-stream site)")

@@ -81,11 +81,18 @@ from .formats import SAFETENSORS_CODES, safetensors_chunks, write_safetensors
 from .manifest import DUMP_FORMAT, DUMP_VERSION, MANIFEST_NAME, read_manifest
 from .shards import DumpError
 
-__all__ = ["DEFAULT_BUFFER_BYTES", "DumpError", "DumpWriter", "dump", "write_safetensors"]
+__all__ = ["DEFAULT_BUFFER_BYTES", "DEFAULT_SHARD_BYTES", "DumpError", "DumpWriter", "default_shard_rows", "dump",
+           "write_safetensors"]
 
-#: Memory for the rows buffered between checkpoints (all sites, hidden + post), which sets the
-#: default ``shard_rows``: with it SmolLM2-135M in fp32 (61 sites, d=576) writes ~1900-row shards.
-DEFAULT_BUFFER_BYTES = 512 << 20
+#: The size of one shard file (a site's hidden + post rows) the default ``shard_rows`` aims at.
+#: Reading a dump costs about 0.3 ms per file beyond its bytes (maps, unmaps, accumulator
+#: updates): from the page cache, bf16 shards of SmolLM2's width (d=576) read at 0.70x the speed
+#: of a raw read of the same files with 2,048 rows (4.7 MB), 0.88x with 8,192, 1.0x with 16,384
+#: (benchmarks/dump_read.py, 2 cores).  32 MiB: SmolLM2 writes 7,281-row fp32 and 14,563-row
+#: bf16 shards.
+DEFAULT_SHARD_BYTES = 32 << 20
+#: ... unless the rows buffered between checkpoints (all sites) would take more memory than this.
+DEFAULT_BUFFER_BYTES = 2 << 30
 
 _DTYPE_NAMES = {"float64": np.float64, "float32": np.float32, "float16": np.float16,
                 "bfloat16": ml_dtypes.bfloat16, "fp64": np.float64, "fp32": np.float32, "fp16": np.float16,
@@ -384,7 +391,8 @@ def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: 
     sites : module names (default: every residual-stream norm site, as ``analyze``).
     dtype : store the rows in this dtype (``"bfloat16"``, ``torch.float16``, ...); default: as the
         model produces them (a bf16 model's rows stay bf16).
-    shard_rows : rows per shard and site (default: what fits ``DEFAULT_BUFFER_BYTES`` of buffers).
+    shard_rows : rows per shard and site (default: :func:`default_shard_rows`; on ``resume``, the
+        dump's own).
     resume : continue the dump in ``out_dir``.
     exclude_first_token : drop each sequence's first real token.
     max_tokens : the tokens ``batches`` will give, for the disk-space estimate when it is not a list.
@@ -413,7 +421,8 @@ def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: 
     itemsize = (store or np.dtype(_DTYPE_NAMES.get(model_dtype, np.float32))).itemsize
     per_token = sum(2 * s.d for s in recorder.sites) * itemsize
     if shard_rows is None:
-        shard_rows = max(64, DEFAULT_BUFFER_BYTES // per_token)
+        previous_rows = _manifest_shard_rows(out_dir) if resume else None
+        shard_rows = previous_rows or default_shard_rows(len(recorder.sites), per_token)
     if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
         raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
     config = {"model": type(model).__name__, "sites": [s.name for s in recorder.sites],
@@ -466,6 +475,23 @@ def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: 
     if tokens == 0:
         raise ValueError("batches: no tokens were dumped (empty corpus, or every token masked out)")
     return writer.finish(max(index + 1, done), tokens, last)
+
+
+def default_shard_rows(n_sites: int, per_token: int) -> int:
+    """Rows per shard when none is given: shard files of about ``DEFAULT_SHARD_BYTES`` (fewer
+    files to open, map and fold), with the buffers of all ``n_sites`` sites (``per_token`` bytes
+    a token, hidden + post) under ``DEFAULT_BUFFER_BYTES``; at least 64."""
+    per_site = max(1, per_token // max(1, n_sites))
+    return max(64, min(DEFAULT_SHARD_BYTES // per_site, DEFAULT_BUFFER_BYTES // max(1, per_token)))
+
+
+def _manifest_shard_rows(out_dir: str | os.PathLike) -> int | None:
+    """The shard_rows an existing dump was written with (a resume keeps it, whatever the default)."""
+    manifest = Path(out_dir) / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    rows = read_manifest(manifest).get("config", {}).get("shard_rows")
+    return int(rows) if isinstance(rows, int) and rows > 0 else None
 
 
 def _check_disk(root: Path, tokens: int | None, per_token: int, n_sites: int, shard_rows: int) -> None:
