@@ -17,29 +17,10 @@ import geonorm_core as gn  # noqa: E402
 from geonorm_core import slow  # noqa: E402
 from geonorm_core.adapter import Analyzer, analyze  # noqa: E402
 from geonorm_core.report import Report  # noqa: E402
+from tiny_models import tiny  # noqa: E402
 
 QUANTITIES = ("angle_hidden", "angle_post", "norm_hidden", "norm_post", "rotation", "max_abs_hidden",
               "ln_rms_gap")
-
-
-def tiny(kind: str, **kw):
-    torch.manual_seed(0)
-    common = dict(vocab_size=97, num_hidden_layers=2)
-    if kind == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                                       num_key_value_heads=4, **common, **kw)
-    elif kind == "gpt2":
-        cfg = transformers.GPT2Config(n_embd=48, n_head=4, n_layer=2, vocab_size=97, **kw)
-    else:
-        raise ValueError(kind)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():  # learned-looking gains and biases, so rotations are not 0
-        for m in model.modules():
-            if hasattr(m, "weight") and m.weight is not None and m.weight.ndim == 1:
-                m.weight.uniform_(0.5, 1.5)
-            if hasattr(m, "bias") and isinstance(m.bias, torch.Tensor) and m.bias.ndim == 1:
-                m.bias.normal_(0, 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")

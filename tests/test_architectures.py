@@ -24,7 +24,8 @@ transformers = pytest.importorskip("transformers")
 
 from geonorm_core import slow
 from geonorm_core.adapter import analyze
-from geonorm_core.sites import NormSite, find_norm_sites
+from geonorm_core.sites import find_norm_sites
+from tiny_models import norm_formula  # noqa: E402
 
 WIDTH, VOCAB = 64, 128
 _GENERIC = dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -140,18 +141,6 @@ def _real_rows(mask: np.ndarray, lead: tuple) -> np.ndarray:
     return np.ones(lead, bool)
 
 
-def formula(x: np.ndarray, site: NormSite) -> np.ndarray:
-    """The site's reported formula in float64 (SCIENCE.md G7, G8)."""
-    if site.kind == "layernorm":
-        x = x - x.mean(-1, keepdims=True)
-    y = x / np.sqrt((x * x).mean(-1, keepdims=True) + site.eps)
-    if site.gain is not None:
-        y = y * site.gain
-    if site.bias is not None:
-        y = y + site.bias
-    return y
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def tiny(request):
     model = build(request.param)
@@ -181,7 +170,7 @@ def test_formula_reproduces_module_on_its_own_hidden_states(tiny):
     for site in sites:
         assert got[site.name], (model_type, site.name, "never ran")
         for x, y in got[site.name]:
-            np.testing.assert_allclose(formula(x, site), y, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(y).max()),
+            np.testing.assert_allclose(norm_formula(x, site.kind, site.gain, site.bias, site.eps), y, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(y).max()),
                                        err_msg=f"{model_type} {site.name} {site.formula} eps={site.eps}")
 
 
@@ -256,7 +245,7 @@ def test_parameter_free_norms_are_sites():
     for site in sites.values():
         with torch.no_grad():
             out = site.module(x).double().numpy()
-        np.testing.assert_allclose(formula(x.double().numpy(), site), out, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(norm_formula(x.double().numpy(), site.kind, site.gain, site.bias, site.eps), out, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_group_instance_norms_are_never_sites():

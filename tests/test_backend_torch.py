@@ -16,25 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from geonorm_core.adapter import Analyzer, analyze  # noqa: E402
 from geonorm_core.monitor import GeometryMonitor  # noqa: E402
+from tiny_models import tiny  # noqa: E402
 
 ANGLES = ("angle_hidden", "angle_post", "rotation")
-
-
-def tiny(kind: str):
-    torch.manual_seed(0)
-    if kind == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                                       num_key_value_heads=4, vocab_size=97, num_hidden_layers=2)
-    else:
-        cfg = transformers.GPT2Config(n_embd=48, n_head=4, n_layer=2, vocab_size=97)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():  # learned-looking gains and biases, so rotations and gaps are not 0
-        for m in model.modules():
-            if hasattr(m, "weight") and m.weight is not None and m.weight.ndim == 1:
-                m.weight.uniform_(0.5, 1.5)
-            if hasattr(m, "bias") and isinstance(m.bias, torch.Tensor) and m.bias.ndim == 1:
-                m.bias.normal_(0, 0.1)
-    return model
 
 
 def padded_batches(n=3, b=4, t=12, vocab=97):

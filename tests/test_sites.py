@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported 
 
 torch = pytest.importorskip("torch")
 
-from geonorm_core.sites import NormSite, find_norm_sites  # noqa: E402
+from geonorm_core.sites import find_norm_sites  # noqa: E402
+from tiny_models import norm_formula  # noqa: E402
 
 WIDTH = 32
 _SMALL = dict(vocab_size=128)
@@ -103,18 +104,6 @@ def tiny(request):
     return request.param, model, sites
 
 
-def _reference(x: np.ndarray, site: NormSite) -> np.ndarray:
-    """The site's formula in float64 (SCIENCE.md G7, G8) from its reported kind/gain/bias/eps."""
-    if site.kind == "layernorm":
-        x = x - x.mean(-1, keepdims=True)
-    y = x / np.sqrt((x * x).mean(-1, keepdims=True) + site.eps)
-    if site.gain is not None:
-        y = y * site.gain
-    if site.bias is not None:
-        y = y + site.bias
-    return y
-
-
 def _module_eps(module) -> float:
     return float(next(getattr(module, a) for a in ("eps", "variance_epsilon", "epsilon")
                       if hasattr(module, a)))
@@ -158,7 +147,7 @@ def test_reported_formula_reproduces_module(tiny):
         x = torch.randn(4, site.d, generator=gen) * 2.0 + 1.5  # non-zero mean
         with torch.no_grad():
             out = site.module(x).double().numpy()
-        np.testing.assert_allclose(out, _reference(x.double().numpy(), site), rtol=1e-5, atol=1e-5,
+        np.testing.assert_allclose(out, norm_formula(x.double().numpy(), site.kind, site.gain, site.bias, site.eps), rtol=1e-5, atol=1e-5,
                                    err_msg=site.name)
 
 

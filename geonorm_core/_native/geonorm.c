@@ -904,18 +904,32 @@ static void gn_stats_finish(const gn_gap_layer *L, double c, const double *s, do
  * num, den and S2 are sums of terms that cancel only for rows built so that LN
  * and RMS agree where the gain is; when one keeps less than 2^-12 of its terms'
  * size, the exact row function decides instead. */
-static double gn_gap_from_stats(const gn_gap_layer *L, const gn_row_stats *st)
+typedef struct {
+    double a, r, A, n2, n3, d2, num, den; /* as named above */
+} gn_gap_terms;
+
+/* The closed form's terms; 0 when a sum keeps less than 2^-12 of its terms' size. */
+static int gn_gap_terms_of(const gn_gap_layer *L, const gn_row_stats *st, gn_gap_terms *t)
 {
     const double lost = 0x1p-12, mu = st->mu;
     const double sv = sqrt(st->var + L->eps), sm = sqrt(st->var + mu * mu + L->eps);
-    const double a = 1.0 / sv, r = 1.0 / sm, A = mu * mu * a * r / (sv + sm);
-    const double n1 = A * A * st->S2, n2 = 2.0 * A * mu * r * st->S1, n3 = mu * mu * r * r * L->g2;
-    const double d1 = a * a * st->S2, d2 = 2.0 * a * st->SB;
-    const double num = n1 - n2 + n3, den = d1 + d2 + L->b2;
-    if (!(st->S2 >= lost * st->mag && num >= lost * (n1 + fabs(n2) + n3) && den >= lost * (d1 + fabs(d2) + L->b2)
-          && den > 0.0 && isfinite(num) && isfinite(den)))
-        return NAN;
-    return sqrt(num / den);
+    t->a = 1.0 / sv;
+    t->r = 1.0 / sm;
+    t->A = mu * mu * t->a * t->r / (sv + sm);
+    const double n1 = t->A * t->A * st->S2, d1 = t->a * t->a * st->S2;
+    t->n2 = 2.0 * t->A * mu * t->r * st->S1;
+    t->n3 = mu * mu * t->r * t->r * L->g2;
+    t->d2 = 2.0 * t->a * st->SB;
+    t->num = n1 - t->n2 + t->n3;
+    t->den = d1 + t->d2 + L->b2;
+    return st->S2 >= lost * st->mag && t->num >= lost * (n1 + fabs(t->n2) + t->n3)
+           && t->den >= lost * (d1 + fabs(t->d2) + L->b2) && t->den > 0.0 && isfinite(t->num) && isfinite(t->den);
+}
+
+static double gn_gap_from_stats(const gn_gap_layer *L, const gn_row_stats *st)
+{
+    gn_gap_terms t;
+    return gn_gap_terms_of(L, st, &t) ? sqrt(t.num / t.den) : NAN;
 }
 
 /* The gap from the float32 statistics (gn_row_stats32), or NaN when its error
@@ -930,18 +944,12 @@ static double gn_gap_from_stats(const gn_gap_layer *L, const gn_row_stats *st)
 #define GN_EPS32 0x1p-23
 static double gn_gap_from_stats32(const gn_gap_layer *L, const gn_row_stats *st)
 {
-    const double lost = 0x1p-12, mu = st->mu;
-    const double sv = sqrt(st->var + L->eps), sm = sqrt(st->var + mu * mu + L->eps);
-    const double a = 1.0 / sv, r = 1.0 / sm, A = mu * mu * a * r / (sv + sm);
-    const double n1 = A * A * st->S2, n2 = 2.0 * A * mu * r * st->S1, n3 = mu * mu * r * r * L->g2;
-    const double d1 = a * a * st->S2, d2 = 2.0 * a * st->SB;
-    const double num = n1 - n2 + n3, den = d1 + d2 + L->b2;
-    if (!(st->S2 >= lost * st->mag && num >= lost * (n1 + fabs(n2) + n3) && den >= lost * (d1 + fabs(d2) + L->b2)
-          && den > 0.0 && isfinite(num) && isfinite(den)))
-        return NAN;
-    const double gap = sqrt(num / den);
-    const double e2 = GN_EPS32 * ((A * A * st->mag + fabs(n2) + n3) + (num / den) * (a * a * st->mag + fabs(d2) + L->b2)) / den;
-    const double err = e2 / (gap + sqrt(e2)) + GN_EPS32 * sqrt(st->var) * r * sqrt(L->g2 / den);
+    gn_gap_terms t;
+    if (!gn_gap_terms_of(L, st, &t)) return NAN;
+    const double g2 = t.num / t.den, gap = sqrt(g2);
+    const double e2 = GN_EPS32 * ((t.A * t.A * st->mag + fabs(t.n2) + t.n3) + g2 * (t.a * t.a * st->mag + fabs(t.d2) + L->b2))
+                      / t.den;
+    const double err = e2 / (gap + sqrt(e2)) + GN_EPS32 * sqrt(st->var) * t.r * sqrt(L->g2 / t.den);
     return err <= 9e-7 ? gap : NAN;
 }
 
