@@ -5,6 +5,8 @@ import numpy as np
 import torch
 import transformers
 
+from geonorm_core import slow
+
 
 def tiny(kind: str, dtype: torch.dtype = torch.float32, **config) -> torch.nn.Module:
     """A 2-layer Llama (RMSNorm, d=64) or GPT-2 (LayerNorm, d=48) causal LM, seeded, in eval mode,
@@ -29,14 +31,9 @@ def tiny(kind: str, dtype: torch.dtype = torch.float32, **config) -> torch.nn.Mo
 
 
 def norm_formula(x: np.ndarray, kind: str, gain, bias, eps: float) -> np.ndarray:
-    """A norm site's reported formula in float64 (SCIENCE.md G7, G8): LayerNorm or RMSNorm,
-    then gain and bias where the site has them."""
-    x = np.asarray(x, np.float64)
+    """A norm site's reported formula (SCIENCE.md G7, G8) by the float64 twins of the core
+    (geonorm_core.slow), an oracle independent of the site finder's own check."""
     if kind == "layernorm":
-        x = x - x.mean(-1, keepdims=True)
-    y = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
-    if gain is not None:
-        y = y * gain
-    if bias is not None:
-        y = y + bias
-    return y
+        return slow.layer_norm(x, gain, bias, eps)
+    y = slow.rms_norm(x, gain, eps)
+    return y if bias is None else y + bias
