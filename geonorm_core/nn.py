@@ -182,9 +182,8 @@ class RMSNorm(_NativeNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         if _native_ok(x, self.weight, self.bias):
-            out = ops.rms_norm(x, _detached(self.weight), self.eps, num_threads=self.num_threads)
-            # the kernel has no RMSNorm bias; torch's reference adds it after rounding to x's dtype too
-            return out if self.bias is None else out.add_(self.bias.detach().to(out.dtype))
+            return ops.rms_norm(x, _detached(self.weight), self.eps, bias=_detached(self.bias),
+                                num_threads=self.num_threads)
         y = torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)
         return y if self.bias is None else y + self.bias
 

@@ -214,21 +214,20 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5) -> np.ndarray:
     return y
 
 
-def rms_norm(x, weight=None, eps=1e-6) -> np.ndarray:
-    """RMSNorm over the last axis (G8), float64: x / sqrt(||x||^2/d + eps) * weight."""
+def rms_norm(x, weight=None, eps=1e-6, bias=None) -> np.ndarray:
+    """RMSNorm over the last axis (G8), float64: x / sqrt(||x||^2/d + eps) * weight (+ bias)."""
     xs, e, bad = _scaled_rows(x)
     d = xs.shape[-1]
     y = _normalize(xs, e, bad, (xs**2).sum(axis=-1) / d, eps)
-    w = _weight(weight, d, "weight")
-    return y if w is None else y * w
+    w, b = _weight(weight, d, "weight"), _weight(bias, d, "bias")
+    y = y if w is None else y * w
+    return y if b is None else y + b
 
 
 def ln_rms_gap(x, weight=None, bias=None, eps=1e-5) -> np.ndarray:
     """||LN(x) - (RMSNorm_w(x) + b)|| / ||LN(x)|| per row (G9), float64; NaN where LN(x) = 0."""
     ln = layer_norm(x, weight, bias, eps)
-    rms = rms_norm(x, weight, eps)
-    if bias is not None:
-        rms = rms + _weight(bias, ln.shape[-1], "bias")
+    rms = rms_norm(x, weight, eps, bias)
     with np.errstate(invalid="ignore", divide="ignore"):
         den = np.sqrt((ln**2).sum(axis=-1))
         return np.where(den > 0, np.sqrt(((ln - rms) ** 2).sum(axis=-1)) / den, np.nan)

@@ -325,9 +325,9 @@ def check_op(op, x, w=None, b=None, eps=None, out_dtype=None, where="", got=None
             inv = np.nan_to_num(1 / np.hypot(dec.std, math.sqrt(e)), posinf=0.0)
         in_scale = row_max(f64(x)) * inv[..., None] * wmax
     elif op == "rms_norm":
-        got = gn.rms_norm(x, w, **kw) if got is None else got
-        ref = slow.rms_norm(x, w, **kw)
-        scale, in_scale = row_max(ref), 0.0
+        got = gn.rms_norm(x, w, bias=b, **kw) if got is None else got
+        ref = slow.rms_norm(x, w, bias=b, **kw)
+        scale, in_scale = row_max(slow.rms_norm(x, w, **kw)) + (0.0 if b is None else float(np.abs(f64(b)).max())), 0.0
     else:
         got = gn.remove_uniform(x) if got is None else got
         ref = slow.remove_uniform(x)

@@ -64,6 +64,7 @@ def test_matches_oracle(simd, op, dtype, d):
         check_op(op, x, where=where + " no affine")
     elif op == "rms_norm":
         check_op(op, x, w, where=where)
+        check_op(op, x, w, b, where=where + " with bias (RMSNorm + beta, G9)")
         check_op(op, x, where=where + " no weight")
     else:
         check_op(op, x, where=where)
@@ -82,6 +83,7 @@ def test_float64_extreme_range(simd, op, d, eps):
         check_op(op, x, w, b, eps=eps, where=where)
     elif op == "rms_norm":
         check_op(op, x, w, eps=eps, where=where)
+        check_op(op, x, w, b, eps=eps, where=where + " with bias")
     elif eps:
         check_op(op, x, where=where)
 

@@ -607,8 +607,7 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
     int ex, out_ex = 0;
     if (kind == GN_RMS_NORM) {
         double rms = gn_row_rms(k, dtype, row, d, &ex);
-        s = gn_rstd_scaled(rms, eps, ex, &out_ex);
-        b = NULL;
+        s = gn_rstd_scaled(rms, eps, ex, &out_ex); /* b: the RMSNorm + beta of a converted LayerNorm (G9) */
     } else {
         gn_moments m;
         gn_row_moments(k, dtype, row, d, &m);
