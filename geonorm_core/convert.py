@@ -115,6 +115,8 @@ class CentredEmbeddingLayerNorm(torch.nn.Module):
     names.  Not a norm site: it creates the stream rather than reading it.
     """
 
+    geonorm_site = False  # find_norm_sites skips it (its output, P LN(e), is neither LN nor RMSNorm)
+
     def __init__(self, ln: torch.nn.LayerNorm) -> None:
         super().__init__()
         if not isinstance(ln, torch.nn.LayerNorm) or len(ln.normalized_shape) != 1:

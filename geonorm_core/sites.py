@@ -16,7 +16,9 @@ How a module becomes a site
    a wrapper (StableLM's per-head norm list, a TransformerLens bridge component around the Hugging
    Face norm it calls): the inner norms are the sites.  Path components named
    ``_original_component`` (how TransformerLens 4 nests the modules it wraps) are left out of
-   names, so a wrapped model's sites carry the names of the model it wraps.
+   names, so a wrapped model's sites carry the names of the model it wraps.  A module whose
+   class sets ``geonorm_site = False`` is never a candidate (the conversion's centred embedding
+   LayerNorm, which creates the stream rather than normalizing a vector of it).
 2. **Numeric verification.**  The candidate's formula is identified by running it: a shallow copy
    of the module gets random float32 parameters on the CPU (so zero-initialized or all-ones
    weights cannot make two formulas look alike), its class's ``forward`` runs on a few random
@@ -333,6 +335,8 @@ _NOT_PER_VECTOR = ("BatchNorm", "GroupNorm", "InstanceNorm", "SyncBatchNorm")
 
 
 def _is_candidate(module: torch.nn.Module) -> bool:
+    if getattr(module, "geonorm_site", True) is False:  # a module that says it is no norm site
+        return False
     if isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)):
         return False  # normalize over the batch / channel groups, not each hidden vector
     if isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)):

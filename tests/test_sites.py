@@ -349,3 +349,28 @@ def test_site_is_frozen_hashable_and_reprs_without_arrays():
 def test_not_a_module_is_a_type_error():
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         find_norm_sites("gpt2")
+
+
+def test_a_module_can_say_it_is_no_norm_site():
+    """geonorm_site = False: never a candidate, and no warning about a formula it does not have."""
+    import warnings
+
+    class CentredThingNorm(torch.nn.Module):
+        geonorm_site = False
+
+        def forward(self, x):
+            z = torch.nn.functional.layer_norm(x, x.shape[-1:])
+            return z - z.mean(-1, keepdim=True) + 1.0  # neither LayerNorm nor RMSNorm
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb_norm = CentredThingNorm()
+            self.ln = torch.nn.LayerNorm(8)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [s.name for s in find_norm_sites(Model())] == ["ln"]
+    CentredThingNorm.geonorm_site = True  # the same module, not opting out: a candidate that fails
+    with pytest.warns(UserWarning, match="emb_norm"):
+        find_norm_sites(Model())
