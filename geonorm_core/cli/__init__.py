@@ -28,7 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="geonorm", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="geonorm", description="The geometry of normalization layers in language models: "
+                                                 "angles with the uniform vector 1, norms, rotations, the "
+                                                 "LN-RMS gap, at every LayerNorm/RMSNorm of a model.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.HELP, description=command.HELP)
