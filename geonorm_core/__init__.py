@@ -14,9 +14,7 @@ from .accumulate import Histogram, Moments, Quantity, SiteStats
 from .dumps import ActivationSite, DumpError, analyze_dump, open_activations
 from .ops import Decomposition, decompose, layer_norm, ln_rms_gap, remove_uniform, rms_norm, rotation
 from .report import Report
-from .runtime import get_num_threads, kernel_info, set_num_threads
-
-__version__ = "0.1.0"
+from .runtime import __version__, get_num_threads, kernel_info, set_num_threads
 
 __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",

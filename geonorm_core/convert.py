@@ -428,7 +428,7 @@ def save_converted(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.Pat
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    from . import __version__
+    from .runtime import __version__
 
     saved = {**record, "tokenizer_class": None if tokenizer is None else type(tokenizer).__name__,
              "geonorm_version": __version__}

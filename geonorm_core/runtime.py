@@ -1,4 +1,4 @@
-"""Which kernels run and on how many threads.
+"""Which geonorm this is, which kernels run and on how many threads.
 
 ``GEONORM_SIMD=scalar|avx2|avx512`` forces a SIMD path at import (where the CPU
 has it); ``GEONORM_NUM_THREADS`` sets the default thread count (else OpenMP's
@@ -11,6 +11,9 @@ import warnings
 from pathlib import Path
 
 from ._native import _core
+
+#: The package's version (pyproject.toml's), recorded in reports and converted models.
+__version__ = "0.1.0"
 
 _num_threads: int = 0  # 0: not chosen yet
 

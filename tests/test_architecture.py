@@ -1,5 +1,6 @@
 """The house reads one way (docs/ARCHITECTURE.md): no import cycle anywhere in geonorm_core or
-proofs, and no library module imports the command line.
+proofs, no library module imports the command line, and every import goes to its own floor or
+a lower one.
 
 Imports are read from the source (every ``import``, top level or inside a function, since
 a lazy import is still a dependency), not from what Python happens to have loaded.
@@ -115,6 +116,44 @@ def test_the_cycle_finder_finds_cycles():
 def test_no_library_module_imports_the_command_line(graph):
     up = {(m, t) for m, deps in graph.items() if not m.startswith(CLI) for t in deps if t.startswith(CLI)}
     assert up == set()
+
+
+#: The floors of docs/ARCHITECTURE.md, lowest first, and the modules on each (a module path, or a
+#: package and everything in it).  A module imports only from its own floor or lower ones; a new
+#: module must be placed here (the test says so), which is where its author decides its floor.
+FLOORS = {
+    "core": ("_native", "ops", "_arrays", "slow", "runtime", "nn", "durable", "proofs"),
+    "measurement": ("measure", "measure_torch"),
+    "accumulators": ("accumulate",),
+    "report": ("report", "figures"),
+    "sources": ("sites", "adapter", "checkpoint", "interop", "caches", "loading", "models", "whisper", "ct2",
+                "corpus", "dumps", "dask"),
+    "experiments": ("swap", "monitor", "convert", "workload", "bench"),
+    "cli": ("cli", ""),  # "": the package's facade, geonorm_core/__init__.py, which re-exports every floor
+}
+
+
+def floor_of(module: str) -> str:
+    short = module.removeprefix("geonorm_core").removeprefix(".")
+    for floor, members in FLOORS.items():
+        if any(short == m or short.startswith(m + ".") for m in members if m) or (short == "" and "" in members):
+            return floor
+    raise AssertionError(f"{module}: which floor is it on? Add it to FLOORS (docs/ARCHITECTURE.md)")
+
+
+def test_every_import_goes_to_the_same_floor_or_down(graph):
+    rank = {f: i for i, f in enumerate(FLOORS)}
+    up = sorted(f"{m} ({floor_of(m)}) imports {t} ({floor_of(t)})" for m, deps in graph.items() for t in deps
+                if rank[floor_of(t)] > rank[floor_of(m)])
+    assert up == []
+
+
+def test_the_floor_check_sees_an_upward_import():
+    rank = {f: i for i, f in enumerate(FLOORS)}
+    assert rank[floor_of("geonorm_core.measure")] < rank[floor_of("geonorm_core.adapter")]
+    assert floor_of("geonorm_core.dumps.reading") == "sources" and floor_of("geonorm_core") == "cli"
+    with pytest.raises(AssertionError, match="which floor"):
+        floor_of("geonorm_core.somewhere_new")
 
 
 def test_dumps_live_in_their_own_room():
