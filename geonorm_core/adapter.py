@@ -114,6 +114,7 @@ class Analyzer:
                  num_threads: int | None = 1, backend: str = "auto") -> None:
         self.backend = check_backend(backend)
         self.model = model
+        self._wrapped = unwrap(model)  # once: a bridge's view is built from all its modules
         self.sites = select_sites(model, sites)
         self.exclude_first_token = bool(exclude_first_token)
         self.num_threads = num_threads
@@ -239,7 +240,7 @@ class Analyzer:
         if not isinstance(batch, Mapping) or "input_ids" not in batch:
             raise TypeError(f"batch must be a dict with 'input_ids' (and optionally 'attention_mask'), "
                             f"as tokenizers make them; got {type(batch).__name__}")
-        wrapped = unwrap(self.model)  # TransformerLens / nnsight: their model, their calling convention
+        wrapped = self._wrapped  # TransformerLens / nnsight: their model, their calling convention
         runs = self.model if wrapped is None else wrapped.inner
         device = next(runs.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
