@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .loading import resolve_device, resolve_dtype
 from .nn import AffineRMSNorm
 from .sites import find_norm_sites
 
@@ -179,11 +180,11 @@ def to_rmsnorm(model: torch.nn.Module, *, inplace: bool = False, verify: bool = 
     if not inplace:
         model = copy.deepcopy(model)
 
+    d = _d_of(model, norms)
     embed_norms = _matching(model, arch.embed_norms, arch.stack)
     embeddings = [n for n in _matching(model, arch.embeddings, arch.stack)
-                  if _width_of(model.get_submodule(n)) == _d_of(model, norms)]
+                  if _width_of(model.get_submodule(n)) == d]
     writers = _matching(model, arch.writers, arch.stack)
-    d = _d_of(model, norms)
     if not writers:
         raise ConversionError(f"{model_type}: found no residual writers in {type(model).__name__}; "
                               "the architecture table does not fit this implementation")
@@ -194,10 +195,7 @@ def to_rmsnorm(model: torch.nn.Module, *, inplace: bool = False, verify: bool = 
             _centre_embedding(model.get_submodule(name))
         for name in writers:
             _centre_writer(model.get_submodule(name), name, d)
-    for name in embed_norms:
-        _replace(model, name, CentredEmbeddingLayerNorm(model.get_submodule(name)))
-    for name in norms:
-        _replace(model, name, AffineRMSNorm.from_layer_norm(model.get_submodule(name)))
+    _swap_norms(model, embed_norms, norms)
 
     record = {"format": _FORMAT, "model_class": type(model).__name__, "model_type": model_type,
               "rmsnorm_sites": norms, "centred_embedding_norms": embed_norms,
@@ -343,6 +341,15 @@ def _centre_writer(module: torch.nn.Module, name: str, d: int) -> None:
         b.copy_(b64 - b64.mean())
 
 
+def _swap_norms(model: torch.nn.Module, embed_norms: list[str], norms: list[str]) -> None:
+    """The conversion's module replacements, one definition for converting and for loading back:
+    embedding LayerNorms -> their centred output, residual LayerNorms -> RMSNorm + bias (G18)."""
+    for name in embed_norms:
+        _replace(model, name, CentredEmbeddingLayerNorm(model.get_submodule(name)))
+    for name in norms:
+        _replace(model, name, AffineRMSNorm.from_layer_norm(model.get_submodule(name)))
+
+
 def _replace(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -465,15 +472,9 @@ def load_converted(path: str | os.PathLike, *, dtype: Any = torch.float32,
     cls = getattr(transformers, record["model_class"], None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ValueError(f"path: model class {record['model_class']!r} is not in this transformers")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.lower().removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype: expected a floating torch dtype or its name ('float32'), got {dtype!r}")
+    dtype, device = resolve_dtype(torch, dtype), resolve_device(torch, device)
     model = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    for name in record["centred_embedding_norms"]:
-        _replace(model, name, CentredEmbeddingLayerNorm(model.get_submodule(name)))
-    for name in record["rmsnorm_sites"]:
-        _replace(model, name, AffineRMSNorm.from_layer_norm(model.get_submodule(name)))
+    _swap_norms(model, record["centred_embedding_norms"], record["rmsnorm_sites"])
     model.geonorm_conversion = {k: v for k, v in record.items()
                                 if k not in ("geonorm_version", "tokenizer_class")}
     model = model.to(device).eval()

@@ -71,5 +71,4 @@ def describe(exc: BaseException) -> str:
     """One line for an exception: its message, with an OSError's path and reason."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    return " ".join(str(exc).split()) or type(exc).__name__
