@@ -25,7 +25,7 @@ def import_torch_side():
         import transformers
     except ImportError as exc:
         raise ImportError(f"load_model needs torch and transformers>=5 ({exc}); "
-                          "install them with `pip install 'geonorm[torch]'`") from exc
+                          "install them with `pip install 'geonorm[analyze]'`") from exc
     major = int(transformers.__version__.split(".")[0])
     if major < 5:
         raise ImportError(f"load_model needs transformers>=5, found {transformers.__version__} "
