@@ -3,12 +3,12 @@
 The torch adapter (issue 4) measures, for every token at every norm site, a
 handful of scalars: the angle of the hidden vector and of the post-norm vector
 with the uniform vector **1**, both norms, the rotation between them, the
-largest |hidden| entry and the LN-RMS gap (SCIENCE.md G2, G9, G11).  The paper
+largest |hidden| entry and the LN-RMS gap (G2, G9, G11).  The paper
 stored terabytes of activations to get their means and SDs; here each quantity
 is reduced, block by block, into a summary of fixed size that
 
 * is exact: mean and SD within a few ulps of the one-shot two-pass result, even
-  when the mean is 1e8 times the SD (DESIGN.md: never E[x^2] - mu^2);
+  when the mean is 1e8 times the SD (never E[x^2] - mu^2);
 * merges: the summary of a concatenation is the merge of the summaries, so
   batches, processes and machines reduce independently and combine later;
 * round-trips through JSON exactly.
@@ -20,7 +20,7 @@ Reading order
 3. :class:`Histogram` -- fixed bins with underflow/overflow/NaN counters.
 4. :class:`Quantity` -- Moments + Histogram for one named quantity.
 5. :class:`SiteStats` -- all quantities of one norm site, plus its metadata.
-6. The random baseline (SCIENCE.md G14) and :func:`compare_to_baseline`.
+6. The random baseline (G14) and :func:`compare_to_baseline`.
 
 The per-block work -- the two passes over a block and the histogram counts --
 is native (``_native/stats.c``); the running state, merging and serialization
@@ -656,7 +656,7 @@ class SiteStats:
 
 # ---------------------------------------------------------------- 6. the random baseline
 #
-# SCIENCE.md G14: for a rotation-invariant random x in R^d (e.g. isotropic
+# G14: for a rotation-invariant random x in R^d (e.g. isotropic
 # Gaussian), B = (1 + cos theta) / 2 ~ Beta(a, a) with a = (d - 1) / 2, where
 # theta = angle(x, 1).  Two consequences used below:
 #
@@ -725,7 +725,7 @@ def baseline_angle_sd(d: int) -> BaselineSD:
 
     (the Beta((d-1)/2, (d-1)/2) law of (1 + cos theta)/2, changed to theta),
     computed by adaptive quadrature to ~1e-13 relative.  Returned with the
-    approximation (180/pi)/sqrt(d) of SCIENCE.md G14, which is slightly low: the
+    approximation (180/pi)/sqrt(d) of G14, which is slightly low: the
     exact variance in radians is 1/d + O(1/d^2) (e.g. 2.391 vs 2.387 degrees at
     d = 576).  d = 2 gives the uniform law on [0, 180], SD 180/sqrt(12).
     """

@@ -7,7 +7,7 @@ tensors in place, fp32/fp16/bf16 as they are; CUDA tensors through reused pinned
 buffers -- and per-token scalars are folded into mergeable accumulators, so
 memory does not grow with the number of tokens.
 
-Per site and token, the quantities of :mod:`geonorm_core.measure` (SCIENCE.md §1).
+Per site and token, the quantities of :mod:`geonorm_core.measure`.
 
 Two backends compute the per-token values (``backend=``): ``"core"`` hands the rows to the
 native core on the CPU (as above); ``"torch"`` computes them with torch ops where the tensors

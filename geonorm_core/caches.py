@@ -19,7 +19,7 @@ nnsight             ``S.input``                  ``S.output`` (``module.input.sa
 ==================  ===========================  ==============================================
 
 ``hook_in`` is the residual stream the norm reads (``hook_resid_pre`` for ``ln1``,
-``hook_resid_mid`` for ``ln2``).  The gain, bias and eps the LN-RMS gap (SCIENCE.md G9) uses are
+``hook_resid_mid`` for ``ln2``).  The gain, bias and eps the LN-RMS gap (G9) uses are
 the site's, read from the model when this is called: after ``enable_compatibility_mode()`` the
 bridge has folded the gains into the next layer, so they are 1 there, as in the cache.
 """
@@ -42,7 +42,7 @@ _PAIRS = ((".hook_in", ".hook_out"), (".input", ".output"))
 def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask: Any = None,
                   sites: Sequence[str] | None = None, exclude_first_token: bool = False, bins: int = 180,
                   meta: Mapping | None = None, num_threads: int | None = 1) -> Report:
-    """Measure the norm-site geometry of activations held in memory (SCIENCE.md §1, G2-G12).
+    """Measure the norm-site geometry of activations held in memory (G2-G12, docs/identities.md).
 
     Parameters
     ----------

@@ -58,7 +58,7 @@ def token_values(hidden: Any, post: Any, *, gain: np.ndarray | None = None, bias
     float64 carries per block, as :func:`~geonorm_core.ops.decompose` sums it, the
     hidden row's pass also taking the gain-weighted sums of the G9 gap; the rotation's
     second pass (Kahan's 2 atan2(|x^ - y^|, |x^ + y^|), G11/G12) runs over the pair
-    while it is in cache.  The values are within the accuracy contract (DESIGN.md):
+    while it is in cache.  The values are within the accuracy contract (docs/accuracy.md):
     angles and rotation within 1e-4 degrees, norms and max|x| within 1e-6 relative,
     the gap within 1e-6 absolute (rows whose gap sums cancel are re-summed in float64,
     or by the exact row function); constant rows sit at exactly 0 or 180 degrees from 1

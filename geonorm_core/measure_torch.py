@@ -5,7 +5,7 @@ The torch twin of :func:`geonorm_core.measure.token_values`: the same seven quan
 hidden states live, so a GPU run moves only 7 float64 values per token to the host instead
 of two d-wide rows.  torch is imported here and nowhere else in the measurement floor.
 
-How it stays inside the accuracy contract (DESIGN.md): rows are widened to float64 on the
+How it stays inside the accuracy contract (docs/accuracy.md): rows are widened to float64 on the
 device (fp16/bf16/fp32 embed exactly), in chunks of at most ``chunk_elements`` elements so a
 bf16 batch of 32k x 4096 never needs a whole float64 copy.  float64 rows are first scaled by
 an exact power of two per row (as ``slow.py`` does), so no sum of squares over- or underflows;

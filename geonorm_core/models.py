@@ -3,7 +3,7 @@
 Model hubs are never contacted: ``load_model`` sets ``HF_HUB_OFFLINE=1`` (unless the caller set
 it) before transformers is imported, and a Hugging Face id is looked up in the local cache only.
 
-Four real trained models install from the Python package index and need no hub (SCIENCE.md §3):
+Four real trained models install from the Python package index and need no hub:
 
 =========  ==========================================  ========================  ====  ======
 name       model                                       norm                      d     layers

@@ -4,7 +4,7 @@
 :meth:`GeometryMonitor.as_trainer_callback`, to a Hugging Face ``Trainer``) and, on the
 steps ``step % every == 0``, measures the training forward pass of that step at every norm
 site -- the quantities of :mod:`geonorm_core.measure` (angle with **1**, norms, rotation,
-LN-RMS gap; SCIENCE.md §1) -- into a :class:`Timeline`: step -> :class:`~geonorm_core.report.Report`,
+LN-RMS gap; docs/identities.md) -- into a :class:`Timeline`: step -> :class:`~geonorm_core.report.Report`,
 plus any scalars logged beside them (the training loss).
 
 A plain loop::
@@ -407,7 +407,7 @@ def __getattr__(name: str):
 # ---------------------------------------------------------------------------------------------
 
 def null_abs_cos(d: int) -> float:
-    """E|cos θ| of the angle with **1** for rotation-invariant x in R^d (SCIENCE.md G14):
+    """E|cos θ| of the angle with **1** for rotation-invariant x in R^d (G14):
     Γ(d/2) / (√π Γ((d+1)/2)) ≈ √(2/(π d)).
 
     It is also, to a relative O(1/d), the random baseline of the LN-RMS gap (G9) with unit

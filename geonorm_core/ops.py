@@ -1,6 +1,6 @@
 """The public operations: the geometry of hidden vectors and the norms built on it.
 
-Notation (SCIENCE.md §1): x in R^d, the uniform vector 1, u = 1/sqrt(d),
+Notation: x in R^d, the uniform vector 1, u = 1/sqrt(d),
 P = I - 1 1^T / d.  Every op works row-wise over the last axis of a (..., d)
 array or CPU tensor of float16/float32/float64/bfloat16, releases the GIL, and
 gives bitwise-identical results for any ``num_threads``.

@@ -10,7 +10,7 @@ through JSON.  Everything a reader sees is derived here:
 * :meth:`Report.table` -- Tables 2-4 of the paper for this model, per layer and
   averaged over layers, with SDs over tokens, the paper's "±" convention
   (sqrt(sum_l sigma_l^2) / L, labelled as such), and the random baseline of
-  SCIENCE.md G14 beside the angles (its SD, the KS distance of the measured
+  G14 beside the angles (its SD, the KS distance of the measured
   angle histogram from the Beta null, and the fraction of tokens outside the
   null's 99.9% interval);
 * :meth:`Report.save` -- a folder with report.json, sites.csv, tables.md and PNG figures.

@@ -3,7 +3,7 @@
 A *norm site* is one LayerNorm or RMSNorm module of a model together with what the analysis
 needs to know about it: which formula it computes (verified numerically, not guessed from its
 name), where it sits (transformer block, role in the block, encoder or decoder stack), its size
-d, eps, and its effective gain and bias (SCIENCE.md G8).
+d, eps, and its effective gain and bias (G8).
 
 How a module becomes a site
 ---------------------------
@@ -185,7 +185,7 @@ class NormSite:
     residual : True when ``d`` is the model width and the site is not a q/k norm.
     verified : True when the formula was confirmed by running the module.
 
-    The site's output is ``normalize(x) * gain + bias`` (SCIENCE.md G8) with ``normalize`` the
+    The site's output is ``normalize(x) * gain + bias`` (G8) with ``normalize`` the
     LayerNorm standardization (G7) or the RMS division.
     """
 
@@ -497,7 +497,7 @@ def _run(twin: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def _reference(x: np.ndarray, kind: str, gain, bias, eps: float) -> np.ndarray:
-    """The candidate formulas in float64 (SCIENCE.md G7, G8); the variance is two-pass."""
+    """The candidate formulas in float64 (G7, G8); the variance is two-pass."""
     if kind == "layernorm":
         centered = x - x.mean(-1, keepdims=True)
         y = centered / np.sqrt((centered * centered).mean(-1, keepdims=True) + eps)

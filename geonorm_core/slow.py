@@ -10,7 +10,7 @@ The twins favour being evidently right over being fast:
   of the row's largest magnitude, so that no sum below can overflow or
   underflow, and the scale is undone exactly at the end;
 * statistics use the two-pass formulas (mean first, then the squared
-  deviations), never the one-pass E[x^2] - mu^2 (DESIGN.md, Conventions);
+  deviations), never the one-pass E[x^2] - mu^2 (docs/accuracy.md);
   the mean gets one correcting pass so that it is as accurate as float64 allows.
 
 Rows holding NaN or +-Inf give NaN everywhere; an all-zero row gives 0 for
@@ -199,7 +199,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5) -> np.ndarray:
 
     y = (x - mu 1) / sqrt(sigma^2 + eps) * weight + bias with the population
     variance sigma^2 = ||Px||^2 / d (G5), computed two-pass.  A constant row
-    with eps = 0 is 0/0 = NaN, as DESIGN.md asks.
+    with eps = 0 is 0/0 = NaN, as the accuracy contract asks.
     """
     xs, e, bad = _scaled_rows(x)
     d = xs.shape[-1]

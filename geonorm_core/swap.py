@@ -1,6 +1,6 @@
 """The swap test: does a model use LayerNorm's mean subtraction?  Take it out and measure.
 
-SCIENCE.md G9: ``LN_{a,b}(x) = RMSNorm_{g=a}(P x) + b``, eps included.  So a LayerNorm differs
+G9: ``LN_{a,b}(x) = RMSNorm_{g=a}(P x) + b``, eps included.  So a LayerNorm differs
 from an RMSNorm with the same gain, bias and eps only by the projection P (the mean subtraction),
 and if the hidden states are already orthogonal to **1** the two are the same function.  The
 paper infers from angles near 90 degrees that the mean subtraction is redundant; the swap test

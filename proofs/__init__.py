@@ -1,4 +1,4 @@
-"""Symbolic proofs of the geometry of LayerNorm and RMSNorm (SCIENCE.md §1, G1–G15; G16–G18 for the conversion).
+"""Symbolic proofs of the geometry of LayerNorm and RMSNorm (G1–G15; G16–G18 for the conversion: docs/identities.md).
 
 Each identity is proved for a symbolic dimension d with sympy (see :mod:`.toolkit` for the method),
 each plausible wrong variant (a *negative control*) must be rejected by the same checker, and each

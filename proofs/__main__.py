@@ -1,7 +1,8 @@
 """``python -m proofs``: prove every identity, reject every negative control, cross-check the core.
 
 Prints a table (id, statement, scope, status, seconds); ``--json`` for machines, ``--latex`` for a
-document with each statement rendered by sympy's LaTeX printer. Exit code 1 when anything fails.
+document with each statement rendered by sympy's LaTeX printer, ``--markdown`` for the catalogue of
+statements that ``docs/identities.md`` holds (nothing is proved for it). Exit code 1 when anything fails.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _table(rows: list[dict], title: str, statement_key=lambda r: r["statement"])
 
 
 def format_table(report: dict) -> str:
-    out = _table(report["identities"], "Identities of the geometry (SCIENCE.md §1), proved for symbolic d")
+    out = _table(report["identities"], "Identities of the geometry, proved for symbolic d")
     out.append("")
     out += _table(report["controls"], "Negative controls: wrong variants the same checker must reject",
                   lambda r: f"[{r['of']}] {r['statement']}"
@@ -147,16 +148,33 @@ def format_latex(report: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def format_markdown() -> str:
+    """The statements as Markdown tables: what ``docs/identities.md`` reproduces (and a test keeps equal)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = ["| id | family | statement | scope |", "|---|---|---|---|"]
+    out += [f"| {i.id} | {i.family} | {cell(i.statement)} | {cell(i.scope)} |" for i in identities()]
+    out += ["", "| control | wrong variant of | statement |", "|---|---|---|"]
+    out += [f"| {c.id} | {c.of} | {cell(c.statement)} |" for c in controls()]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog or "python -m proofs", description=__doc__.split("\n")[0])
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--latex", action="store_true", help="print a LaTeX document of the statements")
+    out.add_argument("--markdown", action="store_true",
+                     help="print the statements as Markdown tables (docs/identities.md) and prove nothing")
     parser.add_argument("--no-crosscheck", action="store_true",
                         help="skip the numeric cross-checks with geonorm_core")
     parser.add_argument("--only", default=None, help="comma-separated identity ids, e.g. G5,G9")
     args = parser.parse_args(argv)
     only = {s.strip() for s in args.only.split(",")} if args.only else None
+    if args.markdown:
+        print(format_markdown(), end="")
+        return 0
 
     report = run(crosscheck=not args.no_crosscheck, only=only)
     if args.json:

@@ -53,7 +53,7 @@ D_LE_16 = "d ≤ 16"
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class Identity:
-    """One identity of SCIENCE.md §1.
+    """One identity of docs/identities.md.
 
     ``prove()`` returns True only if every step was verified exactly; ``expr`` is a sympy object
     (or tuple of them) whose LaTeX rendering is the statement.

@@ -32,7 +32,7 @@ SUB64 = np.finfo(np.float64).smallest_subnormal
 RTOL = {"float16": 1e-6, "float32": 1e-6, "bfloat16": 1e-6, "float64": 1e-12}
 ANGLE_TOL = {"float16": 1e-4, "float32": 1e-4, "bfloat16": 1e-4, "float64": 1e-12}
 # The LN-RMS gap is a relative distance in [0, 2]: the accuracy contract bounds it absolutely (1e-6)
-# on every dtype, SIMD path and backend (issue 11; DESIGN.md).
+# on every dtype, SIMD path and backend.
 GAP_ATOL = 1e-6
 
 

@@ -57,7 +57,7 @@ def test_report_matches_output_hidden_states(smollm2, tokens):
 
 
 def test_paper_finding_holds_on_smollm2(smollm2, tokens):
-    """SCIENCE.md §3: SmolLM2's residual stream sits within a few degrees of 90° from 1."""
+    """SmolLM2's residual stream sits within a few degrees of 90° from 1."""
     model, _ = smollm2
     report = analyze(model, [tokens])
     rows = report.layers()

@@ -189,7 +189,7 @@ def test_zero_vector_is_undefined_and_counted(simd):
 
 @pytest.mark.parametrize("op, which", [("layer_norm", "weight"), ("layer_norm", "bias"), ("rms_norm", "weight")])
 def test_out_overlapping_weight_or_bias(op, which):
-    """DESIGN.md: never a silent wrong number -- an out= that aliases weight or bias must be
+    """Never a silent wrong number -- an out= that aliases weight or bias must be
     refused (naming out) or give the same result as separate arrays."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((64, D)).astype(np.float32)

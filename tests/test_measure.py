@@ -2,7 +2,7 @@
 
 The kernel reads each (hidden, post) row pair once for every quantity; for 16/32-bit rows on
 the SIMD paths it sums in float32 lanes with float64 carries (as decompose does), the scalar
-baseline in float64.  Every quantity is held to the accuracy contract (DESIGN.md, issue 11)
+baseline in float64.  Every quantity is held to the accuracy contract
 against the float64 oracles of geonorm_core.slow: angles and rotation within 1e-4 degrees,
 norms and max|x| within 1e-6 relative, the LN-RMS gap within 1e-6 absolute; exact zeros stay
 exact.

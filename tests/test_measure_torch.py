@@ -1,6 +1,6 @@
 """token_values_torch (backend="torch") against the core's token_values, within the accuracy contract.
 
-The contract (DESIGN.md): angles and rotations within 1e-4 degrees, norms and max|x| within 1e-6
+The contract (docs/accuracy.md): angles and rotations within 1e-4 degrees, norms and max|x| within 1e-6
 relative, the LN-RMS gap within 1e-6 absolute -- relative where the gap itself exceeds 1 (rows so
 small that eps dominates give LN(x) ~ 0 and gaps of ~1e6).  Undefined rows must be NaN in both.
 The core runs on every SIMD path this CPU has (the ``simd`` fixture).

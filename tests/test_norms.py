@@ -97,7 +97,7 @@ def test_eps(simd, op, eps):
 
 
 def test_eps_zero_on_constant_and_zero_rows(simd):
-    """DESIGN.md: a constant row with eps = 0 is undefined -> NaN, counted; eps > 0 is exact."""
+    """The contract: a constant row with eps = 0 is undefined -> NaN, counted; eps > 0 is exact."""
     x = np.array([[2.0] * 17, [0.0] * 17, list(range(17))], dtype=np.float32)
     ln = gn.layer_norm(x, eps=0.0)
     assert np.isnan(ln[:2]).all() and np.isfinite(ln[2]).all()
@@ -113,7 +113,7 @@ def test_eps_zero_on_constant_and_zero_rows(simd):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_constant_rows(simd, dtype, d):
     """A constant row has sigma = 0 exactly, whatever d and the summation order: layer_norm
-    with eps = 0 is NaN (undefined, DESIGN.md), with eps > 0 it is exactly the bias,
+    with eps = 0 is NaN (undefined), with eps > 0 it is exactly the bias,
     remove_uniform is exactly 0 (G4), perp_norm is exactly 0 and the angle exactly 0 or 180.
     An inexact mean turns 0/0 into garbage or inf."""
     big = 2396747.0 if dtype != "float16" else 60000.0

@@ -1,4 +1,4 @@
-"""The proofs of SCIENCE.md §1: every identity proved, every wrong variant rejected, the core obeys both.
+"""The proofs of docs/identities.md: every identity proved, every wrong variant rejected, the core obeys both.
 
 Run from the repository root (``proofs/`` is a top-level folder beside ``geonorm_core/``).
 """
@@ -31,7 +31,7 @@ CONTROLS = {c.id: c for c in proofs.controls()}
 
 # ---- the symbolic proofs --------------------------------------------------------------------------
 def test_all_eighteen_identities_are_registered():
-    """G1–G15 of SCIENCE.md §1 and G16–G18 of the LayerNorm → RMSNorm conversion."""
+    """G1–G15 of docs/identities.md and G16–G18 of the LayerNorm → RMSNorm conversion."""
     assert list(IDENTITIES) == [f"G{k}" for k in range(1, 19)]
     assert all(i.scope in (ALL_D, D_LE_16) for i in IDENTITIES.values())
 

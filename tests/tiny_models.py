@@ -31,7 +31,7 @@ def tiny(kind: str, dtype: torch.dtype = torch.float32, **config) -> torch.nn.Mo
 
 
 def norm_formula(x: np.ndarray, kind: str, gain, bias, eps: float) -> np.ndarray:
-    """A norm site's reported formula (SCIENCE.md G7, G8) by the float64 twins of the core
+    """A norm site's reported formula (G7, G8) by the float64 twins of the core
     (geonorm_core.slow), an oracle independent of the site finder's own check."""
     if kind == "layernorm":
         return slow.layer_norm(x, gain, bias, eps)

@@ -3,7 +3,7 @@
  * Every operation works on a batch of rows (vectors of length d) described by
  * gn_rows, reads each row from memory once, and makes its extra passes while
  * the row is in cache.  Sums are accumulated in float64; variances are two-pass
- * with the corrected term (never E[x^2] - mu^2).  See SCIENCE.md §1.
+ * with the corrected term (never E[x^2] - mu^2).  See docs/identities.md.
  */
 #ifndef GEONORM_H
 #define GEONORM_H

@@ -1,4 +1,4 @@
-"""``geonorm prove``: the sympy proofs of SCIENCE.md §1 and the kernels' cross-check.
+"""``geonorm prove``: the sympy proofs of docs/identities.md and the kernels' cross-check.
 
 All its arguments go to the proofs' own parser (``geonorm prove --help``)."""
 from __future__ import annotations

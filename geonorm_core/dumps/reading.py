@@ -1,6 +1,6 @@
 """Hidden states on disk, analyzed: open any source as norm sites, stream them into a Report.
 
-The paper (SCIENCE.md §2) measured its angles with **1**, norms and rotations on
+The paper measured its angles with **1**, norms and rotations on
 activations dumped to disk.  This module reads such dumps -- geonorm's own
 (:mod:`.writing`) and the arrays users already have -- as *norm sites*
 of row vectors, and reduces them through the same per-token quantities as the
@@ -229,7 +229,7 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
 
     Each site's shards are streamed in blocks of ``block_rows`` rows through
     :func:`geonorm_core.measure.token_values` (angles with **1**, norms, rotation, LN-RMS gap;
-    SCIENCE.md G2, G9, G11) into mergeable accumulators.  For a geonorm dump the numbers are
+    G2, G9, G11) into mergeable accumulators.  For a geonorm dump the numbers are
     bitwise those of :func:`geonorm_core.adapter.analyze` on the same batches.
 
     Parameters

@@ -1,6 +1,6 @@
 """Write a model's norm-site activations to disk, in a form that survives interruption.
 
-The paper (SCIENCE.md §2) stored every hidden vector entering LN1/LN2 and every
+The paper stored every hidden vector entering LN1/LN2 and every
 post-norm vector -- 2 TB for GPT-2 XL -- before measuring anything.  geonorm
 measures while the model runs (:mod:`geonorm_core.adapter`); a dump is for
 when the vectors themselves are wanted: to analyze them again with other
@@ -379,7 +379,7 @@ def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: 
 
     For each site and each real token (padding excluded, as :func:`~geonorm_core.adapter.analyze`
     does) the vector entering the norm ("hidden", the residual stream for LN1) and the norm's
-    output ("post", gain and bias included; SCIENCE.md G8) -- the data of the paper's
+    output ("post", gain and bias included; G8) -- the data of the paper's
     measurements.  See the module docstring for the layout, checkpoints and resume.
 
     Parameters
