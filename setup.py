@@ -7,7 +7,7 @@ import os
 import sys
 
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 native = "geonorm_core/_native"
 openmp = [] if os.environ.get("GEONORM_NO_OPENMP") else ["-fopenmp"]
@@ -33,6 +33,6 @@ setup(
     ext_modules=cythonize([core], language_level=3),
     # proofs/ lives at the top of the repository but installs inside the package,
     # so no generic top-level name lands in a user's site-packages.
-    packages=["geonorm_core", "geonorm_core._native", "geonorm_core.cli", "geonorm_core.dumps", "geonorm_core.proofs"],
+    packages=[*find_packages(include=["geonorm_core", "geonorm_core.*"]), "geonorm_core.proofs"],
     package_dir={"geonorm_core.proofs": "proofs"},
 )

@@ -35,7 +35,7 @@ def bench_model(name: str, cfg_kw: dict, args) -> dict:
     import torch
     import transformers
 
-    from geonorm_core.adapter import Analyzer
+    from geonorm_core.sources.adapter import Analyzer
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(**cfg_kw)

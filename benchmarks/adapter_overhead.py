@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _batches(tokenizer, max_tokens, seq_len=256, batch_size=8, repeat=1):
-    from geonorm_core.corpus import default_text, token_batches
+    from geonorm_core.models.corpus import default_text, token_batches
 
     return list(token_batches(default_text() * repeat, tokenizer, seq_len=seq_len, batch_size=batch_size,
                               max_tokens=max_tokens))
@@ -31,7 +31,7 @@ def _batches(tokenizer, max_tokens, seq_len=256, batch_size=8, repeat=1):
 def overhead(model_name: str = "smollm2", tokens: int = 4096, repeats: int = 5) -> dict:
     import torch
 
-    from geonorm_core.adapter import Analyzer
+    from geonorm_core.sources.adapter import Analyzer
     from geonorm_core.models import load_model
 
     model, tok = load_model(model_name, dtype="float32")
@@ -64,12 +64,12 @@ def overhead(model_name: str = "smollm2", tokens: int = 4096, repeats: int = 5) 
 
 
 def _peak_rss_child(tokens: int) -> None:
-    from geonorm_core.adapter import analyze
+    from geonorm_core.sources.adapter import analyze
     from geonorm_core.models import load_model
 
     model, tok = load_model("smollm2", dtype="float32")
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    from geonorm_core.corpus import default_text, token_batches
+    from geonorm_core.models.corpus import default_text, token_batches
 
     text = default_text() * (1 + tokens // 50_000)  # the corpus, repeated to reach the count
     report = analyze(model, token_batches(text, tok, seq_len=256, batch_size=8, max_tokens=tokens))

@@ -12,7 +12,7 @@ sites (LN-RMS gap and the angle of the stream with 1 at every converted site).
 
 ``model``: the same fixed batch runs, interleaved, through four versions of one model (one process,
 fp32, ``torch.inference_mode``): the original (torch LayerNorm), the converted model
-(:func:`geonorm_core.convert.to_rmsnorm`: torch ``rms_norm`` + bias), the converted model with geonorm's
+(:func:`geonorm_core.experiments.convert.to_rmsnorm`: torch ``rms_norm`` + bias), the converted model with geonorm's
 native :class:`geonorm_core.nn.RMSNorm`, and the original with geonorm's native
 :class:`geonorm_core.nn.LayerNorm`.  Medians of ``--repeats`` rounds, tokens/s and the ratio to the
 original.  Whisper base: the decoder alone on fixed encoder states (the conversion leaves the encoder
@@ -42,7 +42,7 @@ def _setting(name: str, device: str):
     import transformers
 
     if name == "whisper-base":
-        from geonorm_core.whisper import load_whisper_base
+        from geonorm_core.models.whisper import load_whisper_base
 
         model, _ = load_whisper_base()
         return model, "whisper"
@@ -76,7 +76,7 @@ def _runner(model, kind: str, batch: int, seq: int, device: str):
 def bench_model(setting: str, batch: int, seq: int, repeats: int, device: str) -> dict:
     import torch
 
-    from geonorm_core.convert import to_rmsnorm
+    from geonorm_core.experiments.convert import to_rmsnorm
     from geonorm_core.nn import use_native_kernels
 
     original, kind = _setting(setting, device)
@@ -166,9 +166,9 @@ def bench_ops(d: int, rows: int, repeats: int) -> dict:
 def verify_whisper(max_tokens: int, batch_size: int) -> dict:
     import torch
 
-    from geonorm_core.convert import to_rmsnorm
-    from geonorm_core.corpus import default_text
-    from geonorm_core.whisper import WhisperDecoderFeed, load_whisper_base, whisper_batches
+    from geonorm_core.experiments.convert import to_rmsnorm
+    from geonorm_core.models.corpus import default_text
+    from geonorm_core.models.whisper import WhisperDecoderFeed, load_whisper_base, whisper_batches
 
     model, processor = load_whisper_base()
     converted = to_rmsnorm(model)
@@ -189,7 +189,7 @@ def verify_whisper(max_tokens: int, batch_size: int) -> dict:
         return total / count, count
 
     (loss_orig, n), (loss_conv, _) = loss(model), loss(converted)
-    from geonorm_core.adapter import analyze
+    from geonorm_core.sources.adapter import analyze
 
     feed = WhisperDecoderFeed(converted)
     names = feed.site_names("decoder")

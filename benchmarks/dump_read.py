@@ -123,7 +123,7 @@ def compute_only(root: Path, num_threads: int | None) -> float:
     fed as analyze_dump feeds it, scaled to the dump's row count."""
     from geonorm_core import get_num_threads
     from geonorm_core.dumps import open_activations
-    from geonorm_core.measure import quantity_names
+    from geonorm_core.analysis.measure import quantity_names
 
     if num_threads is None:  # analyze_dump's default with nothing to hash
         num_threads = get_num_threads()

@@ -12,14 +12,14 @@ only), learning-rate schedule (linear warm-up over 10% of the steps, cosine deca
 clipping and dropout-free training.  GPT-2 architecture otherwise: learned positions, GELU MLP of
 width 4d, tied input/output embeddings, pre-norm blocks.
 
-Data: the default corpus (:func:`geonorm_core.corpus.default_text`, ~105k SmolLM2 tokens), tokenized
+Data: the default corpus (:func:`geonorm_core.models.corpus.default_text`, ~105k SmolLM2 tokens), tokenized
 with the SmolLM2 tokenizer.  A 49,152-row embedding would dominate a d=128 model on a CPU, but the
 corpus uses only 8,191 distinct SmolLM2 tokens: they are renumbered 0..V-1 by frequency, so the
 vocabulary is exactly the corpus's tokens (no unknown token; a loss of ln V = 9.01 is chance).  The
 last 10% of the token stream is held out for the validation loss; the rest is cut into
 non-overlapping sequences of ``--seq-len`` tokens, reshuffled every epoch with a fixed seed.
 
-A :class:`~geonorm_core.monitor.GeometryMonitor` records the training forward pass of every
+A :class:`~geonorm_core.experiments.monitor.GeometryMonitor` records the training forward pass of every
 ``--every``-th step.  Written to ``--out``: ``ln_vs_rms.png`` (both runs in one figure),
 ``layernorm.json``/``rmsnorm.json`` (timelines), ``.csv`` (long format) and ``summary.json``.
 """
@@ -58,7 +58,7 @@ def smollm2_tokenizer():
 
 def corpus_tokens(seq_len: int) -> dict:
     """The default corpus as compact token ids: train sequences, a validation stream, the vocabulary."""
-    from geonorm_core.corpus import default_text
+    from geonorm_core.models.corpus import default_text
 
     ids = smollm2_tokenizer()(default_text(), add_special_tokens=False, verbose=False)["input_ids"]
     by_freq = sorted(Counter(ids).items(), key=lambda kv: (-kv[1], kv[0]))
@@ -133,7 +133,7 @@ def val_loss(model: torch.nn.Module, val: torch.Tensor, seq_len: int) -> float:
 
 
 def train(model: torch.nn.Module, data: dict, order: list[torch.Tensor], args, label: str):
-    from geonorm_core.monitor import GeometryMonitor
+    from geonorm_core.experiments.monitor import GeometryMonitor
 
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -196,8 +196,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="train-ln-vs-rms")
     args = p.parse_args(argv)
 
-    from geonorm_core.accumulate import baseline_angle_sd
-    from geonorm_core.monitor import null_abs_cos, plot_timelines
+    from geonorm_core.analysis.accumulate import baseline_angle_sd
+    from geonorm_core.experiments.monitor import null_abs_cos, plot_timelines
 
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)

@@ -13,14 +13,17 @@ hidden states, exactly and at the speed of memory.
 need torch (models, hooks, experiments) are imported on first use, so ``import geonorm_core``
 stays light; ``dir(geonorm_core)`` lists both.
 """
-from .accumulate import Histogram, Moments, Quantity, SiteStats
-from .corpus import default_text, token_batches
+from . import _moved
+from .analysis.accumulate import Histogram, Moments, Quantity, SiteStats
+from .analysis.measure import token_values
+from .analysis.report import Report
 from .dumps import ActivationSite, DumpError, analyze_dump, open_activations
-from .loading import ModelNotFoundError
-from .measure import token_values
+from .models.corpus import default_text, token_batches
+from .models.loading import ModelNotFoundError
 from .ops import Decomposition, decompose, layer_norm, ln_rms_gap, remove_uniform, rms_norm, rotation
-from .report import Report
 from .runtime import __version__, get_num_threads, kernel_info, set_num_threads
+
+_moved.install()   # old module paths (geonorm_core.measure, ...) keep working for one release
 
 __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",
@@ -31,11 +34,12 @@ __all__ = [
 ]
 
 # These need torch (and transformers): imported on first use, so the core works without them.
-_TORCH_SIDE = {"NormSite": "sites", "find_norm_sites": "sites", "analyze": "adapter", "Analyzer": "adapter",
-               "load_model": "models", "GeometryMonitor": "monitor", "Timeline": "monitor",
-               "dump": "dumps.writing", "swap_test": "swap", "swapped": "swap",
-               "SwapResult": "swap", "to_rmsnorm": "convert", "save_converted": "convert",
-               "load_converted": "convert", "ConversionError": "convert", "analyze_cache": "caches"}
+_TORCH_SIDE = {"NormSite": "sources.sites", "find_norm_sites": "sources.sites", "analyze": "sources.adapter",
+               "Analyzer": "sources.adapter", "analyze_cache": "sources.caches", "load_model": "models.registry",
+               "dump": "dumps.writing", "GeometryMonitor": "experiments.monitor", "Timeline": "experiments.monitor",
+               "swap_test": "experiments.swap", "swapped": "experiments.swap", "SwapResult": "experiments.swap",
+               "to_rmsnorm": "experiments.convert", "save_converted": "experiments.convert",
+               "load_converted": "experiments.convert", "ConversionError": "experiments.convert"}
 
 
 def __getattr__(name: str):

@@ -3,7 +3,7 @@
 torch's CPU ``rms_norm`` is slower than its ``layer_norm`` (``geonorm bench`` shows it), although RMSNorm
 does less work; geonorm's kernels read each row once and make both passes from cache.  These modules
 compute the same function as ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm`` (and the converted
-:class:`~geonorm_core.convert.AffineRMSNorm`, an RMSNorm with a bias) and run the native kernels when
+:class:`~geonorm_core.experiments.convert.AffineRMSNorm`, an RMSNorm with a bias) and run the native kernels when
 that is possible -- a CPU tensor of float32, float64, float16 or bfloat16 with no autograd graph to
 build (``torch.no_grad``/``torch.inference_mode``, or nothing requiring a gradient).  Otherwise
 (CUDA and other devices, training) they fall back to torch's own ops, so they stay correct anywhere.
@@ -165,7 +165,7 @@ class RMSNorm(_NativeNorm):
     """RMSNorm ``r = g * x / sqrt(||x||^2 / d + eps) (+ b)`` (G8) on the native kernel.
 
     Same function as ``torch.nn.RMSNorm(d, eps)`` (``bias=False``) or, with ``bias=True``, as
-    :class:`geonorm_core.convert.AffineRMSNorm`, what a LayerNorm becomes on a stream orthogonal to 1
+    :class:`geonorm_core.experiments.convert.AffineRMSNorm`, what a LayerNorm becomes on a stream orthogonal to 1
     (G9).  :func:`geonorm_core.ops.rms_norm` (the bias added to its output) when :func:`_native_ok`,
     else ``torch.nn.functional.rms_norm``.  Parameters as :class:`LayerNorm` (``bias`` defaults to False).
     """

@@ -180,7 +180,7 @@ def rms_norm(x: Any, weight: Any = None, eps: float = 1e-6, *, bias: Any = None,
     """RMSNorm over the last axis: r = g * x / sqrt(||x||^2 / d + eps) (G8), plus ``bias`` if given.
 
     Same semantics as ``torch.nn.functional.rms_norm(x, (d,), weight, eps)``.  ``bias``: what a
-    LayerNorm becomes on a stream orthogonal to 1, RMSNorm + beta (G9; :mod:`geonorm_core.convert`),
+    LayerNorm becomes on a stream orthogonal to 1, RMSNorm + beta (G9; :mod:`geonorm_core.experiments.convert`),
     added in the same pass.  Returns x's dtype and shape (a tensor for a tensor input).
     """
     return _normalize(_core.RMS_NORM, x, weight, bias, eps, out, num_threads)

@@ -1,4 +1,4 @@
-"""G16–G18: the exact LayerNorm → RMSNorm conversion of a pre-LN model (geonorm_core.convert).
+"""G16–G18: the exact LayerNorm → RMSNorm conversion of a pre-LN model (geonorm_core.experiments.convert).
 
 A residual stream is a sum of writes: embedding rows, then each block's output projection ``W h + b``.
 Centring a writer replaces each write w by Pw (P = I − 1 1ᵀ/d; for a linear map, centre each output

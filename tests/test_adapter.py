@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import geonorm_core as gn  # noqa: E402
 from geonorm_core import slow  # noqa: E402
-from geonorm_core.adapter import Analyzer, analyze  # noqa: E402
-from geonorm_core.report import Report  # noqa: E402
+from geonorm_core.sources.adapter import Analyzer, analyze  # noqa: E402
+from geonorm_core.analysis.report import Report  # noqa: E402
 from tiny_models import tiny  # noqa: E402
 
 QUANTITIES = ("angle_hidden", "angle_post", "norm_hidden", "norm_post", "rotation", "max_abs_hidden",

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from geonorm_core import slow  # noqa: E402
-from geonorm_core.adapter import analyze  # noqa: E402
+from geonorm_core.sources.adapter import analyze  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from geonorm_core.adapter import Analyzer, analyze  # noqa: E402
-from geonorm_core.monitor import GeometryMonitor  # noqa: E402
+from geonorm_core.sources.adapter import Analyzer, analyze  # noqa: E402
+from geonorm_core.experiments.monitor import GeometryMonitor  # noqa: E402
 from tiny_models import tiny  # noqa: E402
 
 ANGLES = ("angle_hidden", "angle_post", "rotation")

@@ -169,7 +169,7 @@ def tiny_checkpoint(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from geonorm_core.corpus import default_text
+    from geonorm_core.models.corpus import default_text
 
     words = sorted(set(default_text().split()))[:3000]
     vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[BOS]", *words])}
@@ -212,7 +212,7 @@ def uninterrupted(tiny_checkpoint, tmp_path_factory):
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_report(tiny_checkpoint, uninterrupted, tmp_path, capsys):
-    from geonorm_core.checkpoint import load_checkpoint
+    from geonorm_core.sources.checkpoint import load_checkpoint
 
     out = str(tmp_path / "killed")
     code, _, _ = run_until_checkpoint(tiny_checkpoint, out, signal.SIGKILL)

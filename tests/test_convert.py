@@ -16,12 +16,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import geonorm_core as gn  # noqa: E402
-from geonorm_core.convert import (  # noqa: E402
+from geonorm_core.experiments.convert import (  # noqa: E402
     CONVERSION_FILE, AffineRMSNorm, CentredEmbeddingLayerNorm, ConversionError, is_converted, load_converted,
     save_converted, to_rmsnorm,
 )
-from geonorm_core.corpus import default_text  # noqa: E402
-from geonorm_core.sites import find_norm_sites  # noqa: E402
+from geonorm_core.models.corpus import default_text  # noqa: E402
+from geonorm_core.sources.sites import find_norm_sites  # noqa: E402
 
 VOCAB, D = 96, 32
 LOGITS_RTOL = 1e-4   # max |logits' - logits| / max |logits|, fp32 (issue 14)
@@ -293,7 +293,7 @@ def whisper_converted(whisper_base):
 
 
 def _whisper_inputs(processor, n_tokens: int = 64):
-    from geonorm_core.whisper import PROMPT_TOKENS
+    from geonorm_core.models.whisper import PROMPT_TOKENS
 
     tok = processor.tokenizer
     prompt = tok.convert_tokens_to_ids(list(PROMPT_TOKENS))
@@ -316,7 +316,7 @@ def test_whisper_base_logits_and_loss_unchanged(whisper_converted):
 
 
 def test_whisper_base_analyze_measures_zero_gap(whisper_converted):
-    from geonorm_core.whisper import WhisperDecoderFeed
+    from geonorm_core.models.whisper import WhisperDecoderFeed
 
     _, processor, converted = whisper_converted
     ids, feats = _whisper_inputs(processor)
@@ -334,7 +334,7 @@ def test_convert_whisper_base_command_round_trip(whisper_base, tmp_path, capsys)
     import shutil
 
     from geonorm_core import cli
-    from geonorm_core.convert import load_model_or_converted
+    from geonorm_core.experiments.convert import load_model_or_converted
 
     model, processor = whisper_base
     out = tmp_path / "converted"

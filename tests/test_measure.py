@@ -14,7 +14,7 @@ from nasty import ANGLE_TOL, DTYPES, RTOL, SUB64, _close, gap_tol, assert_angles
 
 import geonorm_core as gn
 from geonorm_core import slow
-from geonorm_core.measure import QUANTITY_ORDER, quantity_names, token_values
+from geonorm_core.analysis.measure import QUANTITY_ORDER, quantity_names, token_values
 
 
 

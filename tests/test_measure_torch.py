@@ -12,8 +12,8 @@ from nasty import DTYPES, extreme_rows_f64, nasty_rows, partners
 torch = pytest.importorskip("torch")
 
 from geonorm_core import slow  # noqa: E402
-from geonorm_core.measure import QUANTITY_ORDER, quantity_names, token_values  # noqa: E402
-from geonorm_core.measure_torch import token_values_torch  # noqa: E402
+from geonorm_core.analysis.measure import QUANTITY_ORDER, quantity_names, token_values  # noqa: E402
+from geonorm_core.analysis.measure_torch import token_values_torch  # noqa: E402
 
 ANGLE_ATOL, REL, GAP_ATOL = 1e-4, 1e-6, 1e-6
 

@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from geonorm_core import slow
-from geonorm_core.adapter import analyze
-from geonorm_core.sites import find_norm_sites
+from geonorm_core.sources.adapter import analyze
+from geonorm_core.sources.sites import find_norm_sites
 from tiny_models import norm_formula  # noqa: E402
 
 WIDTH, VOCAB = 64, 128

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from geonorm_core import models  # noqa: E402
+from geonorm_core.models import registry as models  # noqa: E402
 from geonorm_core.models import MODELS, ModelNotFoundError, load_model  # noqa: E402
 
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements-models.txt"
@@ -186,7 +186,7 @@ def test_requirements_file_pins_exactly_the_models_packages():
 
 
 def _sites(model):
-    from geonorm_core.sites import find_norm_sites
+    from geonorm_core.sources.sites import find_norm_sites
 
     return find_norm_sites(model)
 

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from geonorm_core.adapter import Analyzer  # noqa: E402
-from geonorm_core.monitor import GeometryMonitor, Timeline, null_abs_cos  # noqa: E402
+from geonorm_core.sources.adapter import Analyzer  # noqa: E402
+from geonorm_core.experiments.monitor import GeometryMonitor, Timeline, null_abs_cos  # noqa: E402
 
 VOCAB, SEQ = 61, 12
 
@@ -190,7 +190,7 @@ def test_trainer_callback_records_every_k_global_steps(tmp_path):
     assert all(mon.timeline[s].tokens == 2 * 2 * SEQ for s in mon.timeline.steps)  # both micro-batches
     assert sorted(mon.timeline.scalars["loss"]) == [1, 2, 3, 4, 5]
     assert not mon.attached and hooks_on(model) == 0
-    from geonorm_core.monitor import GeometryCallback
+    from geonorm_core.experiments.monitor import GeometryCallback
 
     assert issubclass(GeometryCallback, transformers.TrainerCallback)
     with pytest.raises(ValueError, match="same model"):

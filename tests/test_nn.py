@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 import geonorm_core.nn as gnn  # noqa: E402
 from geonorm_core import ops  # noqa: E402
-from geonorm_core.sites import find_norm_sites  # noqa: E402
+from geonorm_core.sources.sites import find_norm_sites  # noqa: E402
 
 F = torch.nn.functional
 # float32 computation with exact statistics, rounded to the input dtype: torch's own error is the bound
@@ -103,7 +103,7 @@ def test_training_falls_back_to_torch_and_gradients_flow(calls):
 
 def test_swapped_in_model_keeps_outputs():
     transformers = pytest.importorskip("transformers")
-    from geonorm_core.convert import to_rmsnorm
+    from geonorm_core.experiments.convert import to_rmsnorm
 
     cfg = transformers.GPT2Config(n_embd=48, n_layer=2, n_head=4, vocab_size=64, n_positions=32,
                                   bos_token_id=0, eos_token_id=1)

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported 
 
 torch = pytest.importorskip("torch")
 
-from geonorm_core.sites import find_norm_sites  # noqa: E402
+from geonorm_core.sources.sites import find_norm_sites  # noqa: E402
 from tiny_models import norm_formula  # noqa: E402
 
 WIDTH = 32

@@ -1,4 +1,4 @@
-"""The swap test (geonorm_core.swap): swapped formulas against float64 NumPy, exact restoration,
+"""The swap test (geonorm_core.experiments.swap): swapped formulas against float64 NumPy, exact restoration,
 a zero-mean control that must change nothing, loss numbers against Hugging Face's own loss, the
 encoder metric against a manual computation, a real SmolLM2 run, and bad input."""
 import json
@@ -19,7 +19,7 @@ from transformers.models.nemotron.modeling_nemotron import NemotronLayerNorm1P
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from geonorm_core import cli, slow
-from geonorm_core.swap import SENTENCES, SwapResult, swap_test, swapped
+from geonorm_core.experiments.swap import SENTENCES, SwapResult, swap_test, swapped
 
 D = 24
 
@@ -255,7 +255,7 @@ def test_result_round_trips_and_renders(tmp_path):
 
 def test_whisper_decoder_feed_is_a_causal_lm_with_hugging_faces_loss():
     """Whisper wrapped as the CLI wraps it: the decoder's loss, every LayerNorm of both stacks swapped."""
-    from geonorm_core.whisper import WhisperDecoderFeed
+    from geonorm_core.models.whisper import WhisperDecoderFeed
 
     torch.manual_seed(0)
     cfg = transformers.WhisperConfig(vocab_size=97, num_mel_bins=8, encoder_layers=1, decoder_layers=2,
@@ -350,7 +350,7 @@ def test_encoder_metric_matches_a_manual_computation():
 # -- a real model ---------------------------------------------------------------------------------
 
 def test_smollm2_reverse_control(smollm2):
-    from geonorm_core.corpus import default_text, token_batches
+    from geonorm_core.models.corpus import default_text, token_batches
 
     model, tok = smollm2
     bl = list(token_batches(default_text(), tok, seq_len=48, batch_size=5, max_tokens=240))

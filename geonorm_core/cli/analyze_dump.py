@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..dumps.manifest import VERIFY_MODES
 from ..dumps.reading import analyze_dump, open_activations
-from ..workload import progress
+from ..experiments.workload import progress
 from . import preflight
 from .errors import UsageError
 from .options import positive_int, wrote

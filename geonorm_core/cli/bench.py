@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import bench
+    from ..experiments import bench
 
     env = bench.environment()
     print(bench.header(env), flush=True)

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert_model, describe
+    from ..experiments.convert import convert_model, describe
 
     out = preflight.writable_folder(args.out)
     preflight.model_resolves(args.model)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..workload import progress
+from ..experiments.workload import progress
 from . import preflight
 from .options import add_model_options, check_model_options, load_workload, positive_int
 

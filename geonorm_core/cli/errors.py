@@ -50,7 +50,7 @@ def _raised_by_geonorm(exc: BaseException) -> bool:
 
 def exit_code(exc: BaseException) -> int | None:
     """The exit code for a user's error, or None for a bug (which keeps its traceback)."""
-    from ..loading import ModelNotFoundError
+    from ..models.loading import ModelNotFoundError
 
     if isinstance(exc, CommandError):
         return exc.code

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Iterator
 
-from ..workload import model_and_batches
+from ..experiments.workload import model_and_batches
 from . import preflight
 
 

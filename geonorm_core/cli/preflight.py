@@ -38,7 +38,7 @@ def readable_text(path: str | None) -> None:
     """``--text``: a readable UTF-8 file (None: the bundled corpus)."""
     if path is None:
         return
-    from ..corpus import read_text
+    from ..models.corpus import read_text
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -53,14 +53,14 @@ def readable_text(path: str | None) -> None:
 
 def model_resolves(name: str) -> str:
     """``--model``: the name resolves to an installed model, without loading it."""
-    from ..models import resolve_model
+    from ..models.registry import resolve_model
 
     return resolve_model(name)
 
 
 def device_and_dtype(device: str, dtype: str) -> None:
     """``--device``/``--dtype``: torch knows them and the device is there."""
-    from ..loading import import_torch_side, resolve_device, resolve_dtype
+    from ..models.loading import import_torch_side, resolve_device, resolve_dtype
 
     torch, _ = import_torch_side()
     try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..workload import progress
+from ..experiments.workload import progress
 from . import preflight
 from .options import add_model_options, check_model_options, load_workload, wrote
 
@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..swap import swap_test  # torch is imported only when the command runs
+    from ..experiments.swap import swap_test  # torch is imported only when the command runs
 
     preflight.writable_folder(args.out)
     check_model_options(args)

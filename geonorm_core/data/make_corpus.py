@@ -49,7 +49,7 @@ HEADER = """\
 # lines between paragraphs). The translator's note and footnotes of Botchan are kept.
 #
 # Every header line starts with "#"; the text begins after the line "# END OF HEADER".
-# geonorm_core.corpus.default_text() returns the text without this header.
+# geonorm_core.models.corpus.default_text() returns the text without this header.
 # END OF HEADER
 """
 

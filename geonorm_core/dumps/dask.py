@@ -3,7 +3,7 @@
 A norm site's rows -- the shards of an activation dump (:func:`analyze_sites`,
 what ``geonorm analyze-dump --scheduler ADDRESS`` runs) or any ``dask.array`` of
 hidden vectors (:func:`analyze_array`) -- are cut into tasks.  A task reads its
-rows where it runs, computes :func:`geonorm_core.measure.token_values` and
+rows where it runs, computes :func:`geonorm_core.analysis.measure.token_values` and
 returns a summary of a few KB: per *update unit* the arguments of the moment
 merge, and the task's histograms.  Activations never leave the worker that
 read them: the graph carries each site's shard list (paths, offsets, shapes,
@@ -20,7 +20,7 @@ foreign file's ``block_rows`` blocks; a dask array's chunks) into the site's
 accumulators one after the other.  This module keeps that order by construction:
 
 * a task runs ``SiteStats.update`` on each of its units with a recording
-  :class:`~geonorm_core.accumulate.Moments` (:class:`_Recorder`), so the block
+  :class:`~geonorm_core.analysis.accumulate.Moments` (:class:`_Recorder`), so the block
   sums and the two-pass arithmetic are Moments' own, and keeps the values
   ``Moments._combine`` would have folded in (count, mean, mean_lo, M2, min, max);
 * a chain of fold tasks replays those records in unit order into one
@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from ..accumulate import QUANTITY_NAMES, Histogram, Moments, SiteStats
-from ..measure import token_values
-from ..report import Report
+from ..analysis.accumulate import QUANTITY_NAMES, Histogram, Moments, SiteStats
+from ..analysis.measure import token_values
+from ..analysis.report import Report
 from .shards import HIDDEN_QUANTITIES, DumpError, StreamShard
 from .verify import file_sha256
 

@@ -4,8 +4,8 @@ The paper measured its angles with **1**, norms and rotations on
 activations dumped to disk.  This module reads such dumps -- geonorm's own
 (:mod:`.writing`) and the arrays users already have -- as *norm sites*
 of row vectors, and reduces them through the same per-token quantities as the
-live analysis (:func:`geonorm_core.measure.token_values`) into the same
-:class:`~geonorm_core.report.Report`.
+live analysis (:func:`geonorm_core.analysis.measure.token_values`) into the same
+:class:`~geonorm_core.analysis.report.Report`.
 
 Sources
 -------
@@ -52,7 +52,7 @@ Foreign files carry no digest: for them the three are the same.
 
 The staged values are also replayed into the accumulators in the blocks the
 live hooks fed them (the manifest records those row counts), so a dump's report
-is *bitwise* the report :func:`geonorm_core.adapter.analyze` gives on the same
+is *bitwise* the report :func:`geonorm_core.sources.adapter.analyze` gives on the same
 batches.
 
 Memory
@@ -76,9 +76,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..accumulate import SiteStats
-from ..measure import quantity_names
-from ..report import Report
+from ..analysis.accumulate import SiteStats
+from ..analysis.measure import quantity_names
+from ..analysis.report import Report
 from ..runtime import get_num_threads
 from .formats import ARRAY_SUFFIXES, open_arrays
 from .manifest import MANIFEST_NAME, VERIFY_MODES, open_dump
@@ -228,9 +228,9 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
     """Measure the geometry of dumped activations: the report ``analyze`` gives, from disk.
 
     Each site's shards are streamed in blocks of ``block_rows`` rows through
-    :func:`geonorm_core.measure.token_values` (angles with **1**, norms, rotation, LN-RMS gap;
+    :func:`geonorm_core.analysis.measure.token_values` (angles with **1**, norms, rotation, LN-RMS gap;
     G2, G9, G11) into mergeable accumulators.  For a geonorm dump the numbers are
-    bitwise those of :func:`geonorm_core.adapter.analyze` on the same batches.
+    bitwise those of :func:`geonorm_core.sources.adapter.analyze` on the same batches.
 
     Parameters
     ----------

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..accumulate import QUANTITY_NAMES, SiteStats
-from ..measure import quantity_names, token_values
+from ..analysis.accumulate import QUANTITY_NAMES, SiteStats
+from ..analysis.measure import quantity_names, token_values
 from .verify import VerifiedFiles
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "DEFAULT_EPS", "HIDDEN_QUANTITIES", "ActivationSite", "ArrayShard",
@@ -282,7 +282,7 @@ class ActivationSite:
     Attributes
     ----------
     name : the site's name (the module name for geonorm dumps, the file or key otherwise).
-    meta : the site's metadata as :class:`~geonorm_core.accumulate.SiteStats` keeps it (for geonorm
+    meta : the site's metadata as :class:`~geonorm_core.analysis.accumulate.SiteStats` keeps it (for geonorm
         dumps ``NormSite.to_dict()``: name, layer, role, kind, d, eps, ...).
     hidden : the input rows, shard by shard.
     post : the output rows, row-aligned with ``hidden`` shard by shard; None when unknown.
@@ -325,7 +325,7 @@ class ActivationSite:
 
     def token_values(self, hidden: Any, post: Any, *, num_threads: int | None = None,
                      out: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """:func:`geonorm_core.measure.token_values` with this site's gain, bias and eps."""
+        """:func:`geonorm_core.analysis.measure.token_values` with this site's gain, bias and eps."""
         return token_values(hidden, post, gain=self.gain, bias=self.bias, eps=self.eps,
                             num_threads=num_threads, out=out)
 

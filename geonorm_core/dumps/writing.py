@@ -2,7 +2,7 @@
 
 The paper stored every hidden vector entering LN1/LN2 and every
 post-norm vector -- 2 TB for GPT-2 XL -- before measuring anything.  geonorm
-measures while the model runs (:mod:`geonorm_core.adapter`); a dump is for
+measures while the model runs (:mod:`geonorm_core.sources.adapter`); a dump is for
 when the vectors themselves are wanted: to analyze them again with other
 settings, on a cluster, or with other tools.  :func:`dump` writes them as
 safetensors shards that any safetensors reader opens, and
@@ -43,7 +43,7 @@ Resume
 ``resume=True`` continues an interrupted dump: it needs the same model (its
 class, and the same gains and biases, compared through the params file's sha256),
 sites, dtypes, shard_rows and **the same batches in the same order** (e.g.
-:func:`geonorm_core.corpus.token_batches` on the same text and settings, which
+:func:`geonorm_core.models.corpus.token_batches` on the same text and settings, which
 is deterministic).  It skips the batches already written -- checking the
 fingerprints (sha256 of ``input_ids`` and ``attention_mask``) of the first and
 the last of them against the manifest -- deletes any shard or temporary file
@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from .. import _arrays
-from ..adapter import Analyzer
+from ..sources.adapter import Analyzer
 from ..durable import fsync_dir, write_json
 from .formats import SAFETENSORS_CODES, safetensors_chunks, write_safetensors
 from .manifest import DUMP_FORMAT, DUMP_VERSION, MANIFEST_NAME, read_manifest
@@ -377,7 +377,7 @@ def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: 
          meta: Mapping | None = None, progress: Callable[[int], None] | None = None) -> Path:
     """Run ``model`` over ``batches`` and write every norm site's input and output rows to disk.
 
-    For each site and each real token (padding excluded, as :func:`~geonorm_core.adapter.analyze`
+    For each site and each real token (padding excluded, as :func:`~geonorm_core.sources.adapter.analyze`
     does) the vector entering the norm ("hidden", the residual stream for LN1) and the norm's
     output ("post", gain and bias included; G8) -- the data of the paper's
     measurements.  See the module docstring for the layout, checkpoints and resume.

@@ -3,10 +3,10 @@
 An interpretability user often holds the hidden states already (``logits, cache =
 bridge.run_with_cache(tokens)``, or ``.save()`` inside an nnsight trace).  :func:`analyze_cache`
 measures them directly, no files and no second forward pass, into the same
-:class:`~geonorm_core.report.Report` that :func:`~geonorm_core.adapter.analyze` gives.
+:class:`~geonorm_core.analysis.report.Report` that :func:`~geonorm_core.sources.adapter.analyze` gives.
 
 How each norm site's input ("hidden") and output ("post") are found, for a site named ``S``
-(the names :func:`~geonorm_core.sites.find_norm_sites` gives the model: ``blocks.3.ln1`` for a
+(the names :func:`~geonorm_core.sources.sites.find_norm_sites` gives the model: ``blocks.3.ln1`` for a
 TransformerLens bridge, ``model.layers.3.input_layernorm`` for nnsight / Hugging Face):
 
 ==================  ===========================  ==============================================
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .adapter import Analyzer
-from .report import Report
+from ..analysis.report import Report
 
 __all__ = ["analyze_cache"]
 
@@ -54,12 +54,12 @@ def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask
         norm sites give the names, gains, biases and eps.
     attention_mask : ``(batch, seq)``, 0 at padding tokens, which are not counted.
     sites : site names to measure (default: every residual-stream site present in the cache).
-    exclude_first_token, bins, meta, num_threads : as in :func:`~geonorm_core.adapter.analyze`.
+    exclude_first_token, bins, meta, num_threads : as in :func:`~geonorm_core.sources.adapter.analyze`.
 
     Returns
     -------
     Report
-        As :func:`~geonorm_core.adapter.analyze` returns for the same tokens.
+        As :func:`~geonorm_core.sources.adapter.analyze` returns for the same tokens.
 
     Raises
     ------

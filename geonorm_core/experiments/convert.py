@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .loading import resolve_device, resolve_dtype
-from .nn import AffineRMSNorm
-from .sites import find_norm_sites
+from ..models.loading import resolve_device, resolve_dtype
+from ..nn import AffineRMSNorm
+from ..sources.sites import find_norm_sites
 
 __all__ = ["ConversionError", "AffineRMSNorm", "CentredEmbeddingLayerNorm", "ARCHITECTURES", "to_rmsnorm",
            "save_converted", "load_converted", "is_converted", "convert_model", "load_model_or_converted",
@@ -373,7 +373,7 @@ def _probe_inputs(model: torch.nn.Module) -> dict:
 
 def _probe(model: torch.nn.Module, norms: list[str]) -> float:
     """Run the model once; return the largest |cos angle(x, 1)| at a converted site's input (G2)."""
-    from .ops import decompose
+    from ..ops import decompose
 
     seen: dict[str, float] = {}
 
@@ -435,7 +435,7 @@ def save_converted(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.Pat
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    from .runtime import __version__
+    from ..runtime import __version__
 
     saved = {**record, "tokenizer_class": None if tokenizer is None else type(tokenizer).__name__,
              "geonorm_version": __version__}
@@ -503,7 +503,7 @@ def convert_model(name_or_path: str, out_dir: str | os.PathLike, *, dtype: Any =
     dict
         The conversion record (also in ``out_dir/geonorm_conversion.json``); :func:`describe` prints it.
     """
-    from .models import load_model
+    from ..models.registry import load_model
 
     model, tokenizer = load_model(name_or_path, dtype=dtype)
     converted = to_rmsnorm(model, inplace=True)
@@ -517,7 +517,7 @@ def load_model_or_converted(name_or_path: str, *, dtype: Any = "float32",
     :func:`geonorm_core.models.load_model`: what ``geonorm analyze --model`` should call."""
     if isinstance(name_or_path, (str, os.PathLike)) and is_converted(name_or_path):
         return load_converted(name_or_path, dtype=dtype, device=device)
-    from .models import load_model
+    from ..models.registry import load_model
 
     return load_model(name_or_path, dtype=dtype, device=device)
 

@@ -16,8 +16,8 @@ Two libraries wrap a Hugging Face model and are what many geonorm users hold:
   ``lm.trace(batch, trace=False)`` (what geonorm does).
 
 :func:`unwrap` recognizes both by their attributes (neither library is imported, so geonorm does
-not depend on them) and returns a :class:`Wrapped`; :func:`~geonorm_core.sites.find_norm_sites`
-and :class:`~geonorm_core.adapter.Analyzer` go through it, so ``analyze``, ``Analyzer`` and
+not depend on them) and returns a :class:`Wrapped`; :func:`~geonorm_core.sources.sites.find_norm_sites`
+and :class:`~geonorm_core.sources.adapter.Analyzer` go through it, so ``analyze``, ``Analyzer`` and
 ``GeometryMonitor`` take a bridge or an nnsight model wherever they take a torch model.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Wrapped:
     inner : the torch model that computes (the Hugging Face model); hooks go on its modules.
     library : ``"transformer_lens"`` or ``"nnsight"``.
     site_names : norm-site name in ``inner`` (``_original_component`` components left out, as
-        :func:`~geonorm_core.sites.find_norm_sites` names them) -> the name the wrapper's users
+        :func:`~geonorm_core.sources.sites.find_norm_sites` names them) -> the name the wrapper's users
         see; names not in it are used as they are.
     call : runs the model on a tokenizer batch (a dict with ``input_ids``, ``attention_mask``)
         in the wrapper's own calling convention.

@@ -168,7 +168,7 @@ class NormSite:
     ----------
     name : module name as in ``model.named_modules()``.
     module : the module itself (not in repr, equality or ``to_dict``); in a TransformerLens bridge, the
-        bridge component that runs it (:mod:`geonorm_core.interop`).
+        bridge component that runs it (:mod:`geonorm_core.sources.interop`).
     kind : ``"layernorm"`` (mean subtraction), ``"rmsnorm"`` or ``"unknown"``.
     variant : readable family of the formula: ``"torch.LayerNorm"``, ``"torch.RMSNorm"``,
         ``"layernorm"``, ``"layernorm-1p"``, ``"llama"``, ``"gemma"``, ``"t5"`` or ``"unknown"``.
@@ -230,7 +230,7 @@ def find_norm_sites(model: Any, *, include_unknown: bool = False) -> list[NormSi
     model : torch.nn.Module, TransformerLens ``TransformerBridge`` or nnsight ``LanguageModel``
         Any torch model; Hugging Face models also give their width through ``model.config``.
         A wrapped model's sites are named as its users name them (``blocks.3.ln1`` in
-        TransformerLens; :mod:`geonorm_core.interop`).
+        TransformerLens; :mod:`geonorm_core.sources.interop`).
     include_unknown : bool, default False
         Also return candidates whose output matches no formula (kind ``"unknown"``); by default
         they are skipped with a warning.

@@ -2,7 +2,7 @@
 device resolved from what users type, and the error for a name that resolves to no model.
 
 Both loaders build on it: :mod:`geonorm_core.models` (the short names, checkpoints, cached
-ids) and :mod:`geonorm_core.whisper` (Whisper base from its CTranslate2 file).
+ids) and :mod:`geonorm_core.models.whisper` (Whisper base from its CTranslate2 file).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ What the packages hold (``<module>/data/``): part 1 ``model.bin.part1``, ``confi
 byte for byte are the ``model.bin`` of Systran/faster-whisper-base at revision
 ``ebe41f70d5b6dfa9166e2c581c45c9c0cfc57b66``; :data:`SHA256` holds that revision's published
 hashes and every load checks them.  ``model.bin`` is a CTranslate2 v6 file (read by
-:mod:`geonorm_core.ct2`), all weights float16.
+:mod:`geonorm_core.models.ct2`), all weights float16.
 
 :func:`load_whisper_base` converts it to ``transformers.WhisperForConditionalGeneration``
 (:func:`whisper_state_dict` maps the names; every parameter comes from the file) and builds the
@@ -25,7 +25,7 @@ Speech comes from Debian's ``espeak-ng`` (``apt-get install espeak-ng``): :func:
 turns text into 16 kHz audio, :func:`whisper_batches` cuts a corpus into chunks that fit
 Whisper's 30-second window and yields the decoder's tokens (teacher forcing: the Whisper prompt
 then the chunk's transcript) with the log-mel features of the chunk's speech.
-:class:`WhisperDecoderFeed` presents the model the way :func:`geonorm_core.adapter.analyze`
+:class:`WhisperDecoderFeed` presents the model the way :func:`geonorm_core.sources.adapter.analyze`
 feeds language models (``input_ids``/``attention_mask`` are the decoder's), and
 :func:`analyze_whisper` runs the analysis on the decoder's (or encoder's) norm sites.
 """
@@ -473,7 +473,7 @@ def _spoken_chunks(text: str, tokenizer: Any, max_ids: int, max_words: int, voic
 
 
 class WhisperDecoderFeed(torch.nn.Module):
-    """Whisper as :class:`geonorm_core.adapter.Analyzer` feeds language models.
+    """Whisper as :class:`geonorm_core.sources.adapter.Analyzer` feeds language models.
 
     ``forward(input_ids, input_features, attention_mask=None)`` runs the encoder on
     ``input_features`` and the decoder on ``input_ids`` (``attention_mask`` is the decoder's) and
@@ -498,7 +498,7 @@ class WhisperDecoderFeed(torch.nn.Module):
 
     def site_names(self, stack: str = "decoder") -> list[str]:
         """The residual-stream norm sites of ``stack``: ``"decoder"``, ``"encoder"`` or ``"both"``."""
-        from .sites import find_norm_sites
+        from ..sources.sites import find_norm_sites
 
         if stack not in ("decoder", "encoder", "both"):
             raise ValueError(f"stack must be 'decoder', 'encoder' or 'both', got {stack!r}")
@@ -509,14 +509,14 @@ class WhisperDecoderFeed(torch.nn.Module):
 def analyze_whisper(model: Any, processor: Any, text: str | None = None, *, stack: str = "decoder",
                     seq_len: int = 448, batch_size: int = 8, max_tokens: int | None = 2000,
                     voice: str = "en-us", **analyze_kwargs: Any):
-    """:func:`geonorm_core.adapter.analyze` on Whisper, the decoder conditioned on spoken ``text``.
+    """:func:`geonorm_core.sources.adapter.analyze` on Whisper, the decoder conditioned on spoken ``text``.
 
     ``text`` defaults to the default corpus.  ``stack`` picks the residual-stream norm sites of
     ``"decoder"`` (the causal LayerNorm decoder; default), ``"encoder"`` or ``"both"``; the
     encoder's statistics count all 1500 frames of each 30-second window, the silence Whisper
     pads the speech with included.  Other keyword arguments go to ``analyze``.
     """
-    from .adapter import analyze
+    from ..sources.adapter import analyze
     from .corpus import default_text
 
     feed = WhisperDecoderFeed(model)

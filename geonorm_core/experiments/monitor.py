@@ -3,8 +3,8 @@
 :class:`GeometryMonitor` attaches to any torch training loop (or, through
 :meth:`GeometryMonitor.as_trainer_callback`, to a Hugging Face ``Trainer``) and, on the
 steps ``step % every == 0``, measures the training forward pass of that step at every norm
-site -- the quantities of :mod:`geonorm_core.measure` (angle with **1**, norms, rotation,
-LN-RMS gap; docs/identities.md) -- into a :class:`Timeline`: step -> :class:`~geonorm_core.report.Report`,
+site -- the quantities of :mod:`geonorm_core.analysis.measure` (angle with **1**, norms, rotation,
+LN-RMS gap; docs/identities.md) -- into a :class:`Timeline`: step -> :class:`~geonorm_core.analysis.report.Report`,
 plus any scalars logged beside them (the training loss).
 
 A plain loop::
@@ -24,7 +24,7 @@ A plain loop::
 How it records, and why it cannot change training
 -------------------------------------------------
 Nothing is registered on the model between recordings: on a recorded step a fresh
-:class:`~geonorm_core.adapter.Analyzer` (the same hooks and per-token math as ``analyze``)
+:class:`~geonorm_core.sources.adapter.Analyzer` (the same hooks and per-token math as ``analyze``)
 is attached for the step's forward(s), and removed after.  A fresh one per step because
 training changes the gains and biases that the LN-RMS gap (G9) uses, and the Analyzer reads
 them when it is built; building it identifies the norm sites again (a tiny probe forward per
@@ -59,10 +59,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .accumulate import baseline_angle_sd
-from .adapter import Analyzer, check_backend, select_sites
-from .interop import unwrap
-from .report import JsonFile, Report
+from ..analysis.accumulate import baseline_angle_sd
+from ..sources.adapter import Analyzer, check_backend, select_sites
+from ..sources.interop import unwrap
+from ..analysis.report import JsonFile, Report
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
 __all__ = ["GeometryMonitor", "Timeline", "GeometryCallback", "plot_timelines", "null_abs_cos"]  # noqa: F822

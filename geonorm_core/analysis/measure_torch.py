@@ -1,7 +1,7 @@
 """The per-token quantities of a norm site with torch ops, on the tensors' own device.
 
-The torch twin of :func:`geonorm_core.measure.token_values`: the same seven quantities
-(:data:`~geonorm_core.measure.QUANTITY_ORDER`, same order and meaning), computed where the
+The torch twin of :func:`geonorm_core.analysis.measure.token_values`: the same seven quantities
+(:data:`~geonorm_core.analysis.measure.QUANTITY_ORDER`, same order and meaning), computed where the
 hidden states live, so a GPU run moves only 7 float64 values per token to the host instead
 of two d-wide rows.  torch is imported here and nowhere else in the measurement floor.
 
@@ -168,7 +168,7 @@ def _check_rows(x: Any, name: str) -> torch.Tensor:
 def token_values_torch(hidden: torch.Tensor, post: torch.Tensor | None, *, gain: Any = None, bias: Any = None,
                        eps: float = 1e-5, rows: torch.Tensor | None = None,
                        chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
-    """Every quantity of :mod:`geonorm_core.measure` per row, as one float64 tensor on ``hidden``'s device.
+    """Every quantity of :mod:`geonorm_core.analysis.measure` per row, as one float64 tensor on ``hidden``'s device.
 
     Parameters
     ----------

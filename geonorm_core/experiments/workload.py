@@ -24,18 +24,18 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     ----------
     model : a short name (``smollm2``, ``gemma3``, ``minilm``, ``whisper-base``), a local
         checkpoint, a folder ``geonorm convert`` wrote, or a cached Hugging Face id
-        (:func:`geonorm_core.convert.load_model_or_converted`).
+        (:func:`geonorm_core.experiments.convert.load_model_or_converted`).
     text : a UTF-8 text file; None: the bundled public-domain corpus.
-    max_tokens, seq_len, batch_size : see :func:`geonorm_core.corpus.token_batches`.
+    max_tokens, seq_len, batch_size : see :func:`geonorm_core.models.corpus.token_batches`.
     device, dtype : where and in which precision the model runs.
 
     Returns
     -------
-    The model (Whisper wrapped in :class:`~geonorm_core.whisper.WhisperDecoderFeed`), its
+    The model (Whisper wrapped in :class:`~geonorm_core.models.whisper.WhisperDecoderFeed`), its
     tokenizer, an iterator of batches, and the settings as report metadata.
     """
-    from .corpus import default_text, read_text, token_batches
-    from .loading import import_torch_side, resolve_dtype
+    from ..models.corpus import default_text, read_text, token_batches
+    from ..models.loading import import_torch_side, resolve_dtype
     from .convert import load_model_or_converted
 
     torch, _ = import_torch_side()
@@ -44,7 +44,7 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     print(f"loading {model} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
     net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device)
     if getattr(net.config, "model_type", None) == "whisper":
-        from .whisper import WhisperDecoderFeed, whisper_batches
+        from ..models.whisper import WhisperDecoderFeed, whisper_batches
 
         net = WhisperDecoderFeed(net)
         batches = whisper_batches(body, tokenizer, seq_len=min(seq_len, 448), batch_size=batch_size,

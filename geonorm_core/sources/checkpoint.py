@@ -1,12 +1,12 @@
 """Long analyses that never lose their work: the mergeable report, checkpointed as it grows.
 
-A :class:`~geonorm_core.report.Report` holds the exact state of every accumulator (Chan's
+A :class:`~geonorm_core.analysis.report.Report` holds the exact state of every accumulator (Chan's
 moments with their compensation terms, histogram counts), so a run's progress is that report
 plus the number of batches fed.  :func:`analyze_checkpointed` writes both atomically
 (:mod:`geonorm_core.durable`: a temporary file, fsync, rename) to ``checkpoint.json`` in the
 output folder every ``every`` tokens and when asked to stop; with ``resume=True`` it reloads
 them, skips the batches already counted and carries on.  The batches must be the same ones
-in the same order (:func:`geonorm_core.corpus.token_batches` on the same text and settings is
+in the same order (:func:`geonorm_core.models.corpus.token_batches` on the same text and settings is
 deterministic), and the settings the checkpoint was made with must match: then the resumed
 run ends with the report an uninterrupted run gives, bitwise.
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .durable import write_json
-from .report import Report
+from ..durable import write_json
+from ..analysis.report import Report
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "analyze_checkpointed", "load_checkpoint", "save_checkpoint"]
 
@@ -86,7 +86,7 @@ def analyze_checkpointed(model: Any, batches: Iterable[Mapping[str, Any]], out_d
                          meta: Mapping | None = None, progress: Callable[[int], None] | None = None,
                          stop: Callable[[], bool] | None = None, num_threads: int | None = 1,
                          backend: str = "auto") -> tuple[Report, bool]:
-    """:func:`geonorm_core.adapter.analyze`, checkpointed to ``out_dir`` as it goes.
+    """:func:`geonorm_core.sources.adapter.analyze`, checkpointed to ``out_dir`` as it goes.
 
     Parameters
     ----------
@@ -98,7 +98,7 @@ def analyze_checkpointed(model: Any, batches: Iterable[Mapping[str, Any]], out_d
         checkpoint and compared on resume (a ValueError names what differs).
     stop : polled after every batch; when it returns True the checkpoint is written and the
         partial report returned (how the command line handles Ctrl-C).
-    The other parameters are :func:`~geonorm_core.adapter.analyze`'s.
+    The other parameters are :func:`~geonorm_core.sources.adapter.analyze`'s.
 
     Returns
     -------

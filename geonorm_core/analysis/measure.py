@@ -1,6 +1,6 @@
 """The per-token quantities of one norm site: one definition for every source of hidden states.
 
-The live hooks (:mod:`geonorm_core.adapter`), dumped activations and Dask blocks all
+The live hooks (:mod:`geonorm_core.sources.adapter`), dumped activations and Dask blocks all
 hand a site's input ("hidden") and output ("post") rows to :func:`token_values`, so a
 number means the same thing whichever way the rows arrived.  NumPy arrays or CPU
 torch tensors of fp32/fp64/fp16/bf16, shaped ``(..., d)``; no torch needed.
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
-from ._native import _core
-from .runtime import resolve_threads
+from .. import _arrays
+from .._native import _core
+from ..runtime import resolve_threads
 
 #: The quantities in the core's order (geonorm.h: GN_ANGLE_HIDDEN ... GN_ROTATION).
 QUANTITY_ORDER = ("angle_hidden", "norm_hidden", "max_abs_hidden", "ln_rms_gap", "angle_post", "norm_post",
@@ -32,7 +32,7 @@ QUANTITY_ORDER = ("angle_hidden", "norm_hidden", "max_abs_hidden", "ln_rms_gap",
 _HIDDEN_SIDE = 4  # the first four need no post
 
 #: Where the values are computed: "core" (this module, the native CPU core), "torch"
-#: (:mod:`geonorm_core.measure_torch`, torch ops on the tensors' own device), "auto" (torch for
+#: (:mod:`geonorm_core.analysis.measure_torch`, torch ops on the tensors' own device), "auto" (torch for
 #: CUDA tensors, the core otherwise).
 BACKENDS = ("auto", "core", "torch")
 
