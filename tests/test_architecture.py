@@ -204,6 +204,17 @@ def test_a_moved_module_keeps_its_old_path_for_one_release(old):
     assert (ROOT / "geonorm_core" / f"{old}.py").exists() is False   # the tree holds only the new path
 
 
+def test_whispers_speech_half_keeps_its_old_names():
+    """geonorm_core.whisper held the speech functions too; they moved to models.speech."""
+    pytest.importorskip("torch")
+    from geonorm_core.models import speech, whisper
+
+    with pytest.warns(DeprecationWarning, match="moved to geonorm_core.models.speech.analyze_whisper"):
+        assert whisper.analyze_whisper is speech.analyze_whisper
+    with pytest.raises(AttributeError):
+        whisper.no_such_name  # noqa: B018
+
+
 def test_the_registry_api_keeps_its_path():
     from geonorm_core.models import MODELS, load_model
     from geonorm_core.models.registry import MODELS as registry_models, load_model as registry_load

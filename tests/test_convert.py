@@ -293,7 +293,7 @@ def whisper_converted(whisper_base):
 
 
 def _whisper_inputs(processor, n_tokens: int = 64):
-    from geonorm_core.models.whisper import PROMPT_TOKENS
+    from geonorm_core.models.speech import PROMPT_TOKENS
 
     tok = processor.tokenizer
     prompt = tok.convert_tokens_to_ids(list(PROMPT_TOKENS))
@@ -316,7 +316,7 @@ def test_whisper_base_logits_and_loss_unchanged(whisper_converted):
 
 
 def test_whisper_base_analyze_measures_zero_gap(whisper_converted):
-    from geonorm_core.models.whisper import WhisperDecoderFeed
+    from geonorm_core.models.speech import WhisperDecoderFeed
 
     _, processor, converted = whisper_converted
     ids, feats = _whisper_inputs(processor)

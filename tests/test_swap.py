@@ -255,7 +255,7 @@ def test_result_round_trips_and_renders(tmp_path):
 
 def test_whisper_decoder_feed_is_a_causal_lm_with_hugging_faces_loss():
     """Whisper wrapped as the CLI wraps it: the decoder's loss, every LayerNorm of both stacks swapped."""
-    from geonorm_core.models.whisper import WhisperDecoderFeed
+    from geonorm_core.models.speech import WhisperDecoderFeed
 
     torch.manual_seed(0)
     cfg = transformers.WhisperConfig(vocab_size=97, num_mel_bins=8, encoder_layers=1, decoder_layers=2,

@@ -91,7 +91,7 @@ def test_ct2_reader_checks_byte_counts():
 
 @pytest.fixture(scope="module")
 def espeak():
-    from geonorm_core.models.whisper import espeak_path
+    from geonorm_core.models.speech import espeak_path
 
     if espeak_path() is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -150,7 +150,7 @@ def test_tokenizer_is_whispers(whisper_base):
 
 
 def test_transcribes_espeak_speech(espeak, whisper_base):
-    from geonorm_core.models.whisper import synthesize, transcribe, word_error_rate
+    from geonorm_core.models.speech import synthesize, transcribe, word_error_rate
 
     model, processor = whisper_base
     sentence = SENTENCES[1]
@@ -162,7 +162,7 @@ def test_transcribes_espeak_speech(espeak, whisper_base):
 
 
 def test_word_error_rate():
-    from geonorm_core.models.whisper import word_error_rate
+    from geonorm_core.models.speech import word_error_rate
 
     assert word_error_rate("The cat, sat.", "the cat sat") == 0.0
     assert word_error_rate("a b c d", "a x c") == 0.5
@@ -173,7 +173,7 @@ def test_batches_follow_the_text(espeak, whisper_base):
     import torch
 
     from geonorm_core.models.corpus import default_text
-    from geonorm_core.models.whisper import whisper_batches
+    from geonorm_core.models.speech import whisper_batches
 
     _, processor = whisper_base
     tok = processor.tokenizer
@@ -202,7 +202,7 @@ def test_batches_follow_the_text(espeak, whisper_base):
 
 def test_analyze_decoder(espeak, whisper_base):
     from geonorm_core.models.corpus import default_text
-    from geonorm_core.models.whisper import analyze_whisper
+    from geonorm_core.models.speech import analyze_whisper
 
     model, processor = whisper_base
     report = analyze_whisper(model, processor, default_text(), max_tokens=300, batch_size=4)

@@ -31,7 +31,7 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
 
     Returns
     -------
-    The model (Whisper wrapped in :class:`~geonorm_core.models.whisper.WhisperDecoderFeed`), its
+    The model (Whisper wrapped in :class:`~geonorm_core.models.speech.WhisperDecoderFeed`), its
     tokenizer, an iterator of batches, and the settings as report metadata.
     """
     from ..models.corpus import default_text, read_text, token_batches
@@ -44,7 +44,7 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     print(f"loading {model} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
     net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device)
     if getattr(net.config, "model_type", None) == "whisper":
-        from ..models.whisper import WhisperDecoderFeed, whisper_batches
+        from ..models.speech import WhisperDecoderFeed, whisper_batches
 
         net = WhisperDecoderFeed(net)
         batches = whisper_batches(body, tokenizer, seq_len=min(seq_len, 448), batch_size=batch_size,

@@ -18,7 +18,7 @@ Directions
 
 Every site of that kind is swapped, q/k norms included (Gemma-3's): the question is whether the
 model depends on mean subtraction anywhere; pass ``sites=`` to swap a subset.  Whisper (wrapped in
-:class:`~geonorm_core.models.whisper.WhisperDecoderFeed`, as ``geonorm swap-test --model whisper-base``
+:class:`~geonorm_core.models.speech.WhisperDecoderFeed`, as ``geonorm swap-test --model whisper-base``
 does) counts as a causal LM: its decoder's next-token loss on the transcript, given the speech,
 with the LayerNorms of both stacks swapped (encoder sites count every frame).  Half-precision
 inputs are normalized in float32 and cast back, as torch's and Hugging Face's norms do; float32

@@ -131,7 +131,7 @@ def _relative_change(new: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def _whisper_feed(model: torch.nn.Module) -> bool:
     """Is it geonorm's Whisper wrapper (a causal LayerNorm decoder conditioned on speech)?"""
-    from ...models.whisper import WhisperDecoderFeed
+    from ...models.speech import WhisperDecoderFeed
 
     return isinstance(model, WhisperDecoderFeed)
 
@@ -215,8 +215,8 @@ def swap_test(model: torch.nn.Module, tokenizer: Any, batches: Iterable[Mapping[
     Parameters
     ----------
     model : a Hugging Face causal LM or encoder (e.g. ``BertModel``), or Whisper wrapped in
-        :class:`~geonorm_core.models.whisper.WhisperDecoderFeed` (a causal decoder; batches from
-        :func:`~geonorm_core.models.whisper.whisper_batches`), in eval mode.
+        :class:`~geonorm_core.models.speech.WhisperDecoderFeed` (a causal decoder; batches from
+        :func:`~geonorm_core.models.speech.whisper_batches`), in eval mode.
     tokenizer : the model's tokenizer; needed for encoders (it tokenizes ``sentences``), unused
         for causal LMs (may be None).
     batches : dicts as tokenizers make them (``input_ids``, optional ``attention_mask``), e.g.
