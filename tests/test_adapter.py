@@ -13,11 +13,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tiny_models import tiny  # noqa: E402
+
 import geonorm_core as gn  # noqa: E402
 from geonorm_core import slow  # noqa: E402
-from geonorm_core.sources.adapter import Analyzer, analyze  # noqa: E402
 from geonorm_core.analysis.report import Report  # noqa: E402
-from tiny_models import tiny  # noqa: E402
+from geonorm_core.sources.adapter import Analyzer, analyze  # noqa: E402
 
 QUANTITIES = ("angle_hidden", "angle_post", "norm_hidden", "norm_post", "rotation", "max_abs_hidden",
               "ln_rms_gap")
@@ -225,3 +226,25 @@ def test_cuda_states_come_over_through_reused_pinned_buffers(dtype):
         assert a.sites[name].tokens == b.sites[name].tokens
         for q in QUANTITIES:
             assert a.sites[name][q].mean == pytest.approx(b.sites[name][q].mean, rel=rel, abs=abs_), (name, q)
+
+
+def test_a_row_sink_gets_the_real_token_rows_instead_of_measuring(llama):
+    """Analyzer(row_sink=...) hands every site its kept rows (padding and first tokens left out)."""
+    model = llama
+    bl = batches()
+    sites, got, masks = capture(model, bl)
+    seen = {name: [] for name in got}
+
+    def sink(site, hidden, post):
+        if site.name in seen:
+            seen[site.name].append((np.array(hidden, dtype=np.float64), np.array(post, dtype=np.float64)))
+
+    with Analyzer(model, exclude_first_token=True, row_sink=sink) as an:
+        for b in bl:
+            an.feed(b)
+    assert all(st.tokens == 0 for st in an.report().sites.values())   # nothing measured
+    for name, pairs in got.items():
+        for (h, p), m, (sh, sp) in zip(pairs, masks, seen[name]):
+            keep = m & (np.cumsum(m, axis=1) > 1)
+            np.testing.assert_array_equal(sh, h[keep])
+            np.testing.assert_array_equal(sp, p[keep])

@@ -74,9 +74,9 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from .. import _arrays
-from ..sources.adapter import Analyzer
 from ..durable import fsync_dir, write_json
+from ..sources.adapter import Analyzer
+from ..sources.batches import real_tokens
 from .formats import SAFETENSORS_CODES, safetensors_chunks, write_safetensors
 from .manifest import DUMP_FORMAT, DUMP_VERSION, MANIFEST_NAME, read_manifest
 from .shards import DumpError
@@ -223,7 +223,8 @@ class DumpWriter:
             rows = sum(b["segments"])
             entry["shards"].append({
                 "file": rel, "rows": rows, "bytes": size, "sha256": digest,
-                "dtype": {"hidden": SAFETENSORS_CODES[b["hidden"][0].dtype], "post": SAFETENSORS_CODES[b["post"][0].dtype]},
+                "dtype": {"hidden": SAFETENSORS_CODES[b["hidden"][0].dtype],
+                          "post": SAFETENSORS_CODES[b["post"][0].dtype]},
                 "batches": [first, batches_done], "segments": list(b["segments"])})
             entry["rows"] += rows
             dirs.add(folder)
@@ -321,29 +322,17 @@ def _as_store_dtype(dtype: Any) -> np.dtype | None:
     return dt
 
 
-class _Recorder(Analyzer):
-    """The adapter's hooks and token masks, with rows copied to a :class:`DumpWriter` instead of measured."""
-
-    def __init__(self, model: torch.nn.Module, sites: Sequence[str] | None, *, exclude_first_token: bool,
-                 dtype: np.dtype | None) -> None:
-        super().__init__(model, sites, exclude_first_token=exclude_first_token)
-        self.dtype = dtype
-        self.writer: DumpWriter | None = None
-
-    def _measure(self, site, hidden: torch.Tensor, post: torch.Tensor) -> None:
-        h = self._host(hidden, (site.name, "hidden"))
-        p = self._host(post, (site.name, "post"))
-        keep = self._keep(tuple(h.shape[:-1]))
-        self.writer.add(site.name, self._copy_rows(h, keep, "hidden"), self._copy_rows(p, keep, "post"))
-
-    def _copy_rows(self, t: torch.Tensor, keep: np.ndarray | None, what: str) -> np.ndarray:
-        """The kept rows of a hook's tensor as a private (rows, d) array in the store dtype."""
-        a = _arrays.as_array(t, what)
-        a = a.reshape(-1, a.shape[-1])
-        a = a[keep.reshape(-1)] if keep is not None else np.array(a)  # a copy: torch reuses its buffers
-        if self.dtype is not None and a.dtype != self.dtype:
-            a = a.astype(self.dtype)
+def _rows_to(writer: DumpWriter, dtype: np.dtype | None) -> Callable:
+    """An :class:`Analyzer` row sink that hands each site's kept rows to ``writer`` as private
+    contiguous copies (torch reuses its buffers) in the store dtype."""
+    def store(a: np.ndarray) -> np.ndarray:
+        a = a.astype(dtype) if dtype is not None and a.dtype != dtype else np.array(a)
         return np.ascontiguousarray(a)
+
+    def sink(site, hidden: np.ndarray, post: np.ndarray) -> None:
+        writer.add(site.name, store(hidden), store(post))
+
+    return sink
 
 
 def _fingerprint(batch: Mapping[str, Any]) -> str:
@@ -362,13 +351,8 @@ def _fingerprint(batch: Mapping[str, Any]) -> str:
 
 def _batch_tokens(batch: Mapping[str, Any], exclude_first_token: bool) -> int:
     """The tokens ``Analyzer.feed`` will count in a batch (non-pad, maybe minus each first)."""
-    ids = batch["input_ids"]
-    mask = batch.get("attention_mask")
-    rows = (np.ones(tuple(ids.shape), bool) if mask is None
-            else (mask.detach().cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)) != 0)
-    if exclude_first_token:
-        rows &= np.cumsum(rows, axis=1) > 1
-    return int(rows.sum())
+    return int(real_tokens(tuple(batch["input_ids"].shape), batch.get("attention_mask"),
+                           exclude_first_token=exclude_first_token).sum())
 
 
 def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike, *,
@@ -415,7 +399,7 @@ def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: 
         ``resume`` with other settings, sites, weights or batches than the dump's.
     """
     store = _as_store_dtype(dtype)
-    recorder = _Recorder(model, sites, exclude_first_token=exclude_first_token, dtype=store)
+    recorder = Analyzer(model, sites, exclude_first_token=exclude_first_token)  # its rows go to the writer
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     model_dtype = str(param.dtype).removeprefix("torch.") if param is not None else "float32"
     itemsize = (store or np.dtype(_DTYPE_NAMES.get(model_dtype, np.float32))).itemsize
@@ -442,7 +426,7 @@ def dump(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], out_dir: 
         _check_disk(Path(out_dir), remaining, per_token, len(recorder.sites), shard_rows)
     site_specs = [{"meta": s.to_dict(), "gain": s.gain, "bias": s.bias} for s in recorder.sites]
     writer = DumpWriter(out_dir, site_specs, config=config, report_meta=report_meta, resume=resume)
-    recorder.writer = writer
+    recorder.row_sink = _rows_to(writer, store)
     if writer.complete:
         print(f"geonorm dump: {writer.manifest_path} is complete ({writer.tokens} tokens); nothing to do",
               file=sys.stderr)

@@ -27,13 +27,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .. import _arrays
 from ..analysis.accumulate import SiteStats
-from .interop import unwrap
 from ..analysis.measure import BACKENDS, quantity_names, token_values
 from ..analysis.measure_torch import token_values_torch
 from ..analysis.report import Report
+from .batches import batch_on, real_tokens
+from .interop import unwrap
 from .sites import NormSite, find_norm_sites, hook_sites, hook_tensors
-
 
 
 def check_backend(backend: Any) -> str:
@@ -107,17 +108,24 @@ class Analyzer:
     for CPU ones); see the module docstring.  With ``"torch"`` a hook never synchronizes the
     device: the values wait in (pinned) host buffers until :meth:`flush`, which :meth:`feed`,
     :meth:`count_only`, :meth:`report` and leaving the context call -- one wait per batch.
+
+    ``row_sink``: a callable ``sink(site, hidden, post)`` that takes the rows instead of measuring
+    them -- each site's real-token rows as NumPy ``(rows, d)`` arrays in the hook's dtype, on the
+    host (what :func:`~geonorm_core.dumps.writing.dump` writes to disk).  The arrays may be views of
+    buffers reused by the next forward pass: copy what you keep.
     """
 
     def __init__(self, model: torch.nn.Module, sites: Sequence[str] | None = None, *,
                  exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
-                 num_threads: int | None = 1, backend: str = "auto") -> None:
+                 num_threads: int | None = 1, backend: str = "auto",
+                 row_sink: Callable[[NormSite, np.ndarray, np.ndarray], None] | None = None) -> None:
         self.backend = check_backend(backend)
         self.model = model
         self._wrapped = unwrap(model)  # once: a bridge's view is built from all its modules
         self.sites = select_sites(model, sites)
         self.exclude_first_token = bool(exclude_first_token)
         self.num_threads = num_threads
+        self.row_sink = row_sink
         self.stats = {s.name: SiteStats(s.to_dict(), bins=bins) for s in self.sites}
         self.meta = {"model": type(model).__name__, "exclude_first_token": self.exclude_first_token,
                      "bins": bins, **dict(meta or {})}
@@ -149,6 +157,12 @@ class Analyzer:
         return hook
 
     def _measure(self, site: NormSite, hidden: torch.Tensor, post: torch.Tensor) -> None:
+        if self.row_sink is not None:
+            h = _arrays.as_array(self._host(hidden, (site.name, "hidden")), "hidden")
+            p = _arrays.as_array(self._host(post, (site.name, "post")), "post")
+            keep = self._keep(tuple(h.shape[:-1]))
+            self.row_sink(site, _kept(h, keep), _kept(p, keep))
+            return
         backend = self.backend
         if backend == "auto":
             backend = "torch" if hidden.device.type == "cuda" else "core"
@@ -237,20 +251,10 @@ class Analyzer:
     # -- batches ---------------------------------------------------------------------------
     def feed(self, batch: Mapping[str, Any]) -> int:
         """Run the model on one tokenizer batch; return the number of tokens counted."""
-        if not isinstance(batch, Mapping) or "input_ids" not in batch:
-            raise TypeError(f"batch must be a dict with 'input_ids' (and optionally 'attention_mask'), "
-                            f"as tokenizers make them; got {type(batch).__name__}")
         wrapped = self._wrapped  # TransformerLens / nnsight: their model, their calling convention
         runs = self.model if wrapped is None else wrapped.inner
-        device = next(runs.parameters()).device
-        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        ids = inputs["input_ids"]
-        if ids.ndim != 2:
-            raise ValueError(f"batch['input_ids'] must have shape (batch, seq_len), got {tuple(ids.shape)}")
-        mask = inputs.get("attention_mask")
-        if mask is not None and tuple(mask.shape) != tuple(ids.shape):
-            raise ValueError(f"batch['attention_mask'] has shape {tuple(mask.shape)}, "
-                             f"but input_ids has {tuple(ids.shape)}")
+        inputs = batch_on(next(runs.parameters()).device, batch)
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         rows = self.token_mask(tuple(ids.shape), mask)
         self.count_only(rows)
         try:
@@ -266,13 +270,7 @@ class Analyzer:
     def token_mask(self, shape: tuple[int, int], attention_mask: Any = None) -> np.ndarray:
         """The (batch, seq_len) bool mask of the tokens to count: not padding, and not each
         sequence's first real token when ``exclude_first_token``."""
-        rows = np.ones(shape, dtype=bool)
-        if attention_mask is not None:
-            rows = (attention_mask.detach().cpu().numpy() if torch.is_tensor(attention_mask)
-                    else np.asarray(attention_mask)) != 0
-        if self.exclude_first_token:
-            rows &= np.cumsum(rows, axis=1) > 1
-        return rows
+        return real_tokens(shape, attention_mask, exclude_first_token=self.exclude_first_token)
 
     def count_only(self, rows: np.ndarray | None) -> None:
         """Count only the tokens where the (batch, seq_len) mask ``rows`` is True in the forward
@@ -286,6 +284,12 @@ class Analyzer:
     def report(self) -> Report:
         self.flush()
         return Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
+
+
+def _kept(a: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """A site's rows as (rows, d), only the kept ones (a copy), or all of them (a view)."""
+    a = a.reshape(-1, a.shape[-1])
+    return a if keep is None else a[keep.reshape(-1)]
 
 
 def _as_f64(a: np.ndarray | None) -> np.ndarray | None:

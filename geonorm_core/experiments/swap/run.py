@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...sources.batches import batch_on, real_tokens
 from ...sources.sites import NormSite, hook_sites, hook_tensors
 from .patching import _patched, _plan, _swapped_forward
 from .results import SiteChange, SwapResult
@@ -163,20 +164,9 @@ def _task(model: torch.nn.Module) -> str:
 
 def _inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> tuple[dict, torch.Tensor]:
     """The batch on the model's device, and its (B, T) bool mask of real tokens on the CPU."""
-    if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise TypeError(f"batch must be a dict with 'input_ids' (and optionally 'attention_mask'), "
-                        f"as tokenizers make them; got {type(batch).__name__}")
-    device = next(model.parameters()).device
-    inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    inputs = batch_on(next(model.parameters()).device, batch)
     ids = inputs["input_ids"]
-    if ids.ndim != 2:
-        raise ValueError(f"batch['input_ids'] must have shape (batch, seq_len), got {tuple(ids.shape)}")
-    mask = inputs.get("attention_mask")
-    if mask is not None and tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"batch['attention_mask'] has shape {tuple(mask.shape)}, but input_ids has "
-                         f"{tuple(ids.shape)}")
-    rows = torch.ones(ids.shape, dtype=torch.bool) if mask is None else mask.detach().cpu() != 0
-    return inputs, rows
+    return inputs, torch.from_numpy(real_tokens(tuple(ids.shape), inputs.get("attention_mask")))
 
 
 def _sequence_nll(logits: torch.Tensor, ids: torch.Tensor,
