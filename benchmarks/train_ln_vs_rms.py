@@ -196,8 +196,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="train-ln-vs-rms")
     args = p.parse_args(argv)
 
-    from geonorm_core.analysis.accumulate import baseline_angle_sd
-    from geonorm_core.experiments.monitor import null_abs_cos, plot_timelines
+    from geonorm_core.analysis.baseline import baseline_angle_sd, null_abs_cos
+    from geonorm_core.experiments.monitor import plot_timelines
 
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)

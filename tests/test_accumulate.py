@@ -1,4 +1,4 @@
-"""accumulate: exact mergeable moments, histograms, site stats, and the random baseline (G14)."""
+"""accumulate and baseline: exact mergeable moments, histograms, site stats; the random baseline (G14)."""
 
 import json
 import math
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from geonorm_core.analysis.accumulate import (QUANTITIES, QUANTITY_NAMES, Histogram, Moments, Quantity, SiteStats,
-                                     baseline_angle_sd, baseline_cdf, baseline_interval, compare_to_baseline)
+from geonorm_core.analysis.accumulate import QUANTITIES, QUANTITY_NAMES, Histogram, Moments, Quantity, SiteStats
+from geonorm_core.analysis.baseline import baseline_angle_sd, baseline_cdf, baseline_interval, compare_to_baseline
 
 
 def fsum_moments(x: np.ndarray) -> tuple[float, float]:
@@ -628,7 +628,7 @@ def test_null_angles_formula_matches_real_vectors(rng):
 
 
 @pytest.mark.parametrize("d, table", [(576, 2.39), (1600, 1.43), (4096, 0.90)])
-def test_baseline_sd_matches_science_md(d, table):
+def test_baseline_sd_matches_the_table(d, table):
     sd, approx = baseline_angle_sd(d)
     assert approx == pytest.approx(180 / math.pi / math.sqrt(d), rel=1e-15)
     assert round(approx, 2) == table and round(sd, 2) == table
@@ -645,7 +645,7 @@ def test_baseline_sd_exact_small_d():
 
 @pytest.mark.parametrize("d", [2, 3, 10, 576, 4096, 16384])
 def test_baseline_integrator_gives_e_cos2_1_over_d(d):
-    from geonorm_core.analysis.accumulate import _null_expect
+    from geonorm_core.analysis.baseline import _null_expect
     assert _null_expect(d, lambda t: math.sin(t) ** 2) == pytest.approx(1 / d, rel=1e-11)  # G14
 
 
@@ -700,12 +700,12 @@ def test_outliers_fail_the_baseline(rng):
 
 
 def test_outside_fraction_is_exact_on_edges(monkeypatch):
-    from geonorm_core import accumulate
-    monkeypatch.setattr(accumulate, "baseline_interval", lambda d, level: (85.0, 95.0))
+    from geonorm_core.analysis import baseline
+    monkeypatch.setattr(baseline, "baseline_interval", lambda d, level: (85.0, 95.0))
     h = Histogram(80, 100, 4).update([80.5, 86, 91, 96, 99])  # edges 80, 85, 90, 95, 100
     r = compare_to_baseline(h, 576)
     assert r["outside_fraction"] == 0.6 and r["outside_fraction_bounds"] == [0.6, 0.6]
-    monkeypatch.setattr(accumulate, "baseline_interval", lambda d, level: (86.0, 95.0))
+    monkeypatch.setattr(baseline, "baseline_interval", lambda d, level: (86.0, 95.0))
     r = compare_to_baseline(h, 576)  # 86 cuts the bin [85, 90) holding 86: 1/5 of it apportioned
     assert r["outside_fraction"] == pytest.approx(0.6 + 0.2 / 5)
     assert r["outside_fraction_bounds"] == [0.6, 0.8]

@@ -13,8 +13,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from geonorm_core.analysis.baseline import null_abs_cos  # noqa: E402
+from geonorm_core.experiments.monitor import GeometryMonitor, Timeline  # noqa: E402
 from geonorm_core.sources.adapter import Analyzer  # noqa: E402
-from geonorm_core.experiments.monitor import GeometryMonitor, Timeline, null_abs_cos  # noqa: E402
 
 VOCAB, SEQ = 61, 12
 

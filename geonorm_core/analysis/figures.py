@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .accumulate import baseline_angle_sd, baseline_cdf
+from .baseline import baseline_angle_sd, baseline_cdf
 
 
 def _plt():

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .accumulate import SiteStats, baseline_angle_sd, compare_to_baseline
+from .accumulate import SiteStats
+from .baseline import baseline_angle_sd, compare_to_baseline
 
 #: The two norms of a block, in the order the residual stream meets them, by architecture
 #: family: pre-LN blocks (GPT-2, Llama, ...) and post-LN blocks (BERT).

@@ -59,13 +59,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..analysis.accumulate import baseline_angle_sd
+from ..analysis.baseline import baseline_angle_sd, null_abs_cos
+from ..analysis.report import JsonFile, Report
 from ..sources.adapter import Analyzer, check_backend, select_sites
 from ..sources.interop import unwrap
-from ..analysis.report import JsonFile, Report
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
-__all__ = ["GeometryMonitor", "Timeline", "GeometryCallback", "plot_timelines", "null_abs_cos"]  # noqa: F822
+__all__ = ["GeometryMonitor", "Timeline", "GeometryCallback", "plot_timelines"]  # noqa: F822
 
 TIMELINE_FORMAT = 1  # bump when Timeline.to_dict()'s layout changes
 
@@ -405,18 +405,6 @@ def __getattr__(name: str):
 # ---------------------------------------------------------------------------------------------
 # the figure
 # ---------------------------------------------------------------------------------------------
-
-def null_abs_cos(d: int) -> float:
-    """E|cos θ| of the angle with **1** for rotation-invariant x in R^d (G14):
-    Γ(d/2) / (√π Γ((d+1)/2)) ≈ √(2/(π d)).
-
-    It is also, to a relative O(1/d), the random baseline of the LN-RMS gap (G9) with unit
-    gain, no bias and ε = 0: then the gap is √(2 − 2|sin θ|) = |cos θ| (1 + O(cos² θ)).
-    """
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 2:
-        raise ValueError(f"d: need an int >= 2, got {d!r}")
-    return math.exp(math.lgamma(d / 2) - math.lgamma((d + 1) / 2)) / math.sqrt(math.pi)
-
 
 _STYLES = ("-", "--", ":", "-.")
 
