@@ -17,8 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported 
 
 torch = pytest.importorskip("torch")
 
-from geonorm_core.sources.sites import find_norm_sites  # noqa: E402
 from tiny_models import norm_formula  # noqa: E402
+
+from geonorm_core.sources.sites import find_norm_sites  # noqa: E402
 
 WIDTH = 32
 _SMALL = dict(vocab_size=128)
@@ -87,7 +88,7 @@ def _build(model_type: str):
     auto = transformers.AutoModel if model_type in _NO_LM_HEAD else transformers.AutoModelForCausalLM
     model = auto.from_config(config).eval()
     with torch.no_grad():  # jitter every norm's parameters away from their 0 / 1 init
-        for name, module in model.named_modules():
+        for module in model.modules():
             if type(module).__name__.endswith("Norm"):
                 for p in module.parameters(recurse=False):
                     p.add_(0.3 * torch.randn_like(p))
@@ -147,7 +148,8 @@ def test_reported_formula_reproduces_module(tiny):
         x = torch.randn(4, site.d, generator=gen) * 2.0 + 1.5  # non-zero mean
         with torch.no_grad():
             out = site.module(x).double().numpy()
-        np.testing.assert_allclose(out, norm_formula(x.double().numpy(), site.kind, site.gain, site.bias, site.eps), rtol=1e-5, atol=1e-5,
+        want = norm_formula(x.double().numpy(), site.kind, site.gain, site.bias, site.eps)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5,
                                    err_msg=site.name)
 
 
@@ -374,3 +376,20 @@ def test_a_module_can_say_it_is_no_norm_site():
     CentredThingNorm.geonorm_site = True  # the same module, not opting out: a candidate that fails
     with pytest.warns(UserWarning, match="emb_norm"):
         find_norm_sites(Model())
+
+
+def test_identify_gives_typed_results():
+    """A verified formula is a Formula; a module that computes no norm says why, as data."""
+    from geonorm_core.sources.sites import Formula, identify
+
+    ident = identify(torch.nn.LayerNorm(8))
+    assert (ident.kind, ident.variant, ident.verified) == ("layernorm", "torch.LayerNorm", True)
+    assert ident.formula == Formula("layernorm", "w", True).text == "(x - mean(x)) / sqrt(var(x) + eps) * w + b"
+    assert Formula("rmsnorm", "1+w", False).variant(torch.nn.Module()) == "gemma"
+
+    class ScaleNorm(torch.nn.Module):   # a "Norm" by name that only doubles its input
+        def forward(self, x):
+            return 2 * x
+
+    odd = identify(ScaleNorm(), width=8)
+    assert odd.kind == "unknown" and not odd.verified and "matches neither" in odd.why
