@@ -27,7 +27,14 @@ PACKAGE = __name__.rpartition(".")[0]
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds ``geonorm_core.<old>`` and loads it as the module at its new path."""
+    """Finds ``geonorm_core.<old>`` and loads it as the module at its new path.
+
+    The import system stamps the old path's spec on the module it gets; :meth:`exec_module` puts
+    the module's own spec back, so the module stays what it is at its new path.
+    """
+
+    def __init__(self) -> None:
+        self._own_specs: dict = {}
 
     def find_spec(self, fullname, path=None, target=None):
         package, _, old = fullname.rpartition(".")
@@ -39,10 +46,14 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = f"{PACKAGE}.{MOVED[spec.name.rpartition('.')[2]]}"
         warnings.warn(f"{spec.name} moved to {new}; the old path goes away in the next release",
                       DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        self._own_specs[spec.name] = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass   # the module at the new path is already executed
+        # already executed at its new path; only its own spec to restore (keyed by the old name,
+        # which is what the stamped spec says, so concurrent imports cannot mix them up)
+        module.__spec__ = self._own_specs.pop(module.__spec__.name)
 
 
 def install() -> None:

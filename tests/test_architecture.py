@@ -200,7 +200,7 @@ def test_a_moved_module_keeps_its_old_path_for_one_release(old):
     sys.modules.pop(f"geonorm_core.{old}", None)
     with pytest.warns(DeprecationWarning, match=f"geonorm_core.{old} moved to geonorm_core.{MOVED[old]}"):
         module = importlib.import_module(f"geonorm_core.{old}")
-    assert module is new
+    assert module is new and module.__spec__.name == f"geonorm_core.{MOVED[old]}"   # its own spec, kept
     assert (ROOT / "geonorm_core" / f"{old}.py").exists() is False   # the tree holds only the new path
 
 
@@ -217,7 +217,8 @@ def test_whispers_speech_half_keeps_its_old_names():
 
 def test_the_registry_api_keeps_its_path():
     from geonorm_core.models import MODELS, load_model
-    from geonorm_core.models.registry import MODELS as registry_models, load_model as registry_load
+    from geonorm_core.models.registry import MODELS as registry_models
+    from geonorm_core.models.registry import load_model as registry_load
 
     assert MODELS is registry_models and load_model is registry_load
 
