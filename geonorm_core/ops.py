@@ -16,7 +16,7 @@ from . import _arrays
 from ._native import _core
 from .runtime import resolve_threads
 
-_QUANTITIES = ("mean", "coef", "norm", "perp_norm", "cos", "angle", "max_abs")  # geonorm.h's order
+_FIELDS = ("mean", "coef", "norm", "perp_norm", "cos", "angle", "max_abs")  # geonorm.h's order
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,10 @@ def decompose(x: Any, *, num_threads: int | None = None) -> Decomposition:
     nthreads = resolve_threads(num_threads)
     lead = arr.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
-    out = np.empty((len(_QUANTITIES), n), dtype=np.float64)
+    out = np.empty((len(_FIELDS), n), dtype=np.float64)
     for block in _arrays.blocks([arr]):
         _core.decompose(block.specs[0], out.ctypes.data + 8 * block.first, n, nthreads)
-    fields = {q: out[i].reshape(lead) for i, q in enumerate(_QUANTITIES)}
+    fields = {q: out[i].reshape(lead) for i, q in enumerate(_FIELDS)}
     return Decomposition(**fields, d=arr.shape[-1])
 
 

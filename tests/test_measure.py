@@ -10,12 +10,11 @@ exact.
 
 import numpy as np
 import pytest
-from nasty import ANGLE_TOL, DTYPES, RTOL, SUB64, _close, gap_tol, assert_angles, f64, nasty_rows, partners
+from nasty import ANGLE_TOL, DTYPES, RTOL, SUB64, _close, assert_angles, f64, gap_tol, nasty_rows, partners
 
 import geonorm_core as gn
 from geonorm_core import slow
 from geonorm_core.analysis.measure import QUANTITY_ORDER, quantity_names, token_values
-
 
 
 def layer_params(d, rng):
@@ -217,3 +216,11 @@ def test_values_are_the_ops_within_their_contracts():
         np.testing.assert_allclose(v["norm_post"], dy.norm, rtol=2 * RTOL[dtype])
         np.testing.assert_array_equal(v["max_abs_hidden"], dx.max_abs)
         np.testing.assert_allclose(v["rotation"], gn.rotation(x, y), atol=2 * ANGLE_TOL[dtype], rtol=0)
+
+
+def test_one_set_of_quantities_between_measuring_and_accumulating():
+    """A per-token quantity means the same thing on both floors: the core's output rows, in its order,
+    are exactly the quantities the accumulators keep histograms of."""
+    from geonorm_core.analysis.accumulate import QUANTITIES
+
+    assert sorted(QUANTITY_ORDER) == sorted(QUANTITIES)

@@ -26,7 +26,8 @@ from .. import _arrays
 from .._native import _core
 from ..runtime import resolve_threads
 
-#: The quantities in the core's order (geonorm.h: GN_ANGLE_HIDDEN ... GN_ROTATION).
+#: The per-token quantities of a norm site (their histograms: :data:`~geonorm_core.analysis.accumulate.QUANTITIES`)
+#: in the order the core writes them (geonorm.h: GN_ANGLE_HIDDEN ... GN_ROTATION).
 QUANTITY_ORDER = ("angle_hidden", "norm_hidden", "max_abs_hidden", "ln_rms_gap", "angle_post", "norm_post",
                   "rotation")
 _HIDDEN_SIDE = 4  # the first four need no post

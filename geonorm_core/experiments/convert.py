@@ -192,9 +192,9 @@ def to_rmsnorm(model: torch.nn.Module, *, inplace: bool = False, verify: bool = 
 
     with torch.no_grad():
         for name in embeddings:
-            _centre_embedding(model.get_submodule(name))
+            _remove_uniform_from_embedding(model.get_submodule(name))
         for name in writers:
-            _centre_writer(model.get_submodule(name), name, d)
+            _remove_uniform_from_writer(model.get_submodule(name), name, d)
     _swap_norms(model, embed_norms, norms)
 
     record = {"format": _FORMAT, "model_class": type(model).__name__, "model_type": model_type,
@@ -317,14 +317,15 @@ def _configs(model: torch.nn.Module) -> list:
     return found
 
 
-def _centre_embedding(module: torch.nn.Module) -> None:
+def _remove_uniform_from_embedding(module: torch.nn.Module) -> None:
     w = module.weight
     w64 = w.detach().double()
     w.copy_(w64 - w64.mean(dim=1, keepdim=True))  # each row is a write of d values
 
 
-def _centre_writer(module: torch.nn.Module, name: str, d: int) -> None:
-    """Centre the writes ``W h + b`` of a linear map into the d-dim stream: ``P W`` and ``P b`` (G16)."""
+def _remove_uniform_from_writer(module: torch.nn.Module, name: str, d: int) -> None:
+    """Remove the component along 1 from the writes ``W h + b`` of a linear map into the d-dim stream:
+    ``P W`` and ``P b`` (G16; "centring" in TransformerLens's words)."""
     w = module.weight
     if isinstance(module, torch.nn.Linear) and w.shape[0] == d:
         axis = 0                                   # nn.Linear: weight (out=d, in)

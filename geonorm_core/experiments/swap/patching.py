@@ -16,7 +16,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _PATCHED = "_geonorm_swapped"  # marks a module whose forward is patched (no nesting)
 
 
-def _center(x: torch.Tensor) -> torch.Tensor:
+def _remove_uniform(x: torch.Tensor) -> torch.Tensor:
     """P x = x - mean(x) 1 (G4); the mean of half-precision rows is taken in float32."""
     if x.dtype in _HALF:
         xf = x.float()
@@ -42,7 +42,7 @@ def _swapped_forward(site: NormSite, direction: str, forward: Callable) -> Calla
         # G9: the RMSNorm of P x is the LayerNorm with the same gain and eps; the module's own
         # forward keeps its gain form (w, 1 + w) and dtype handling
         def add_mean(x, *args, **kwargs):
-            return forward(_center(x), *args, **kwargs)
+            return forward(_remove_uniform(x), *args, **kwargs)
 
         return add_mean
 
