@@ -86,7 +86,7 @@ def bench_model(name: str, cfg_kw: dict, args) -> dict:
     }
     if args.device.startswith("cuda"):
         out["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del model
+    model = None  # frees its memory before the next model (the closures above hold it too)
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

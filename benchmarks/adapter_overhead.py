@@ -31,8 +31,8 @@ def _batches(tokenizer, max_tokens, seq_len=256, batch_size=8, repeat=1):
 def overhead(model_name: str = "smollm2", tokens: int = 4096, repeats: int = 5) -> dict:
     import torch
 
-    from geonorm_core.sources.adapter import Analyzer
     from geonorm_core.models import load_model
+    from geonorm_core.sources.adapter import Analyzer
 
     model, tok = load_model(model_name, dtype="float32")
     batches = _batches(tok, tokens)
@@ -64,8 +64,8 @@ def overhead(model_name: str = "smollm2", tokens: int = 4096, repeats: int = 5) 
 
 
 def _peak_rss_child(tokens: int) -> None:
-    from geonorm_core.sources.adapter import analyze
     from geonorm_core.models import load_model
+    from geonorm_core.sources.adapter import analyze
 
     model, tok = load_model("smollm2", dtype="float32")
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

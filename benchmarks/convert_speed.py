@@ -168,8 +168,8 @@ def verify_whisper(max_tokens: int, batch_size: int) -> dict:
 
     from geonorm_core.experiments.convert import to_rmsnorm
     from geonorm_core.models.corpus import default_text
-    from geonorm_core.models.whisper import load_whisper_base
     from geonorm_core.models.speech import WhisperDecoderFeed, whisper_batches
+    from geonorm_core.models.whisper import load_whisper_base
 
     model, processor = load_whisper_base()
     converted = to_rmsnorm(model)

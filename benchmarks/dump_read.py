@@ -6,7 +6,8 @@
 
 Throughput: a synthetic geonorm dump (8 norm sites, ``--d``, ``--dtype``; shards of the rows
 ``gn.dump`` writes by default for SmolLM2-135M's 61 sites, ``default_shard_rows``, or
-``--shard-rows`` to measure other dumps, e.g. 2048 as geonorm wrote SmolLM2's fp32 shards before) is written, left alone for ``RACY_SECONDS``, read once by
+``--shard-rows`` to measure other dumps, e.g. 2048 as geonorm wrote SmolLM2's fp32 shards before)
+is written, left alone for ``RACY_SECONDS``, read once by
 analyze_dump (the first read: every shard hashed and recorded as verified), then read, in one
 process and alternating, by
 
@@ -122,8 +123,8 @@ def compute_only(root: Path, num_threads: int | None) -> float:
     """Seconds analyze_dump's compute takes on these rows with no I/O: each site's first shard, from RAM,
     fed as analyze_dump feeds it, scaled to the dump's row count."""
     from geonorm_core import get_num_threads
-    from geonorm_core.dumps import open_activations
     from geonorm_core.analysis.measure import quantity_names
+    from geonorm_core.dumps import open_activations
 
     if num_threads is None:  # analyze_dump's default with nothing to hash
         num_threads = get_num_threads()

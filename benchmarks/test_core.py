@@ -6,7 +6,7 @@ Each group is one (op, dtype, shape) case; compare the rows of a group, not numb
 """
 import pytest
 
-from geonorm_core import bench
+from geonorm_core.experiments import bench
 
 CONTENDERS = ("geonorm", "torch", "torch_two_pass", "numpy", "probe")
 

@@ -14,7 +14,21 @@ from __future__ import annotations
 import sympy as sp
 
 from .toolkit import (
-    ALL_D, Control, Identity, P, d, display as D, dot, eq, holds, layer_norm, proof, require, rms_norm,
+    ALL_D,
+    Control,
+    Identity,
+    P,
+    d,
+    dot,
+    eq,
+    holds,
+    layer_norm,
+    proof,
+    require,
+    rms_norm,
+)
+from .toolkit import (
+    display as D,
 )
 
 FAMILY = "LayerNorm → RMSNorm conversion"

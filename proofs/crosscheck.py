@@ -472,7 +472,7 @@ def core_available() -> tuple[bool, str]:
     try:
         from geonorm_core import ops as gn
 
-        gn.decompose
+        gn.decompose  # noqa: B018 - the import is half-built when this attribute is missing
     except Exception as e:  # ImportError, or a half-built package
         return False, f"{type(e).__name__}: {e}"
     return True, ""

@@ -5,8 +5,23 @@ from __future__ import annotations
 import sympy as sp
 
 from .toolkit import (
-    ALL_D, Control, Identity, d, display as D, dot, eq, holds, layer_norm, mean, proof, refute,
-    require, rms_norm, std,
+    ALL_D,
+    Control,
+    Identity,
+    d,
+    dot,
+    eq,
+    holds,
+    layer_norm,
+    mean,
+    proof,
+    refute,
+    require,
+    rms_norm,
+    std,
+)
+from .toolkit import (
+    display as D,
 )
 
 FAMILY = "invariance and irreversibility"

@@ -5,8 +5,23 @@ from __future__ import annotations
 import sympy as sp
 
 from .toolkit import (
-    ALL_D, Control, Identity, Norm, P, d, display as D, dot, eq, holds, layer_norm, proof, refute,
-    require, rms_norm,
+    ALL_D,
+    Control,
+    Identity,
+    Norm,
+    P,
+    d,
+    dot,
+    eq,
+    holds,
+    layer_norm,
+    proof,
+    refute,
+    require,
+    rms_norm,
+)
+from .toolkit import (
+    display as D,
 )
 
 FAMILY = "LayerNorm–RMSNorm relation"

@@ -5,8 +5,26 @@ from __future__ import annotations
 import sympy as sp
 
 from .toolkit import (
-    ALL_D, Control, Dot, GeneralModel, Identity, Norm, P, cos_angle, d, display as D, dot, eq,
-    holds, mean, norm, proof, require, variance,
+    ALL_D,
+    Control,
+    Dot,
+    GeneralModel,
+    Identity,
+    Norm,
+    P,
+    cos_angle,
+    d,
+    dot,
+    eq,
+    holds,
+    mean,
+    norm,
+    proof,
+    require,
+    variance,
+)
+from .toolkit import (
+    display as D,
 )
 
 FAMILY = "projection and mean vector"

@@ -74,7 +74,8 @@ IDENTITIES = [
     Identity("G14", "isotropic x: E[cos²θ] = 1/d exactly; (1+cos θ)/2 ~ Beta((d−1)/2,(d−1)/2); "
              "angle SD ≈ (180/π)/√d°", ALL_D, prove_g14,
              lambda: (eq(sp.Symbol(r"\mathbb{E}\left[\cos^{2}\theta\right]"), 1 / d),
-                      sp.Symbol(r"\tfrac{1+\cos\theta}{2} \sim \mathrm{Beta}\left(\tfrac{d-1}{2},\tfrac{d-1}{2}\right)"),
+                      sp.Symbol(r"\tfrac{1+\cos\theta}{2} \sim "
+                                r"\mathrm{Beta}\left(\tfrac{d-1}{2},\tfrac{d-1}{2}\right)"),
                       eq(sp.Symbol(r"\mathrm{SD}(\theta)"), sp.Mul(180 / sp.pi, 1 / sp.sqrt(d), evaluate=False))),
              FAMILY, "symmetry (exchangeability + sign flips) with Σ-linearity; Beta moments by Γ identities",
              (claim_g14_unit,)),

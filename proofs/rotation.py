@@ -9,8 +9,25 @@ from __future__ import annotations
 import sympy as sp
 
 from .toolkit import (
-    ALL_D, GeneralModel, Identity, Norm, P, d, display as D, dot, eq, holds, layer_norm, norm,
-    perp_lemma, proof, require, rms_norm, cos_angle,
+    ALL_D,
+    GeneralModel,
+    Identity,
+    Norm,
+    P,
+    cos_angle,
+    d,
+    dot,
+    eq,
+    holds,
+    layer_norm,
+    norm,
+    perp_lemma,
+    proof,
+    require,
+    rms_norm,
+)
+from .toolkit import (
+    display as D,
 )
 
 FAMILY = "rotation"

@@ -5,8 +5,26 @@ from __future__ import annotations
 import sympy as sp
 
 from .toolkit import (
-    ALL_D, Control, GeneralModel, Identity, Norm, P, d, display as D, dot, eq, holds, layer_norm,
-    mean, norm, perp_lemma, proof, require, std,
+    ALL_D,
+    Control,
+    GeneralModel,
+    Identity,
+    Norm,
+    P,
+    d,
+    dot,
+    eq,
+    holds,
+    layer_norm,
+    mean,
+    norm,
+    perp_lemma,
+    proof,
+    require,
+    std,
+)
+from .toolkit import (
+    display as D,
 )
 
 FAMILY = "standardization and ε"

@@ -14,9 +14,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from geonorm_core.sources.adapter import Analyzer, analyze  # noqa: E402
-from geonorm_core.experiments.monitor import GeometryMonitor  # noqa: E402
 from tiny_models import tiny  # noqa: E402
+
+from geonorm_core.experiments.monitor import GeometryMonitor  # noqa: E402
+from geonorm_core.sources.adapter import Analyzer, analyze  # noqa: E402
 
 ANGLES = ("angle_hidden", "angle_post", "rotation")
 
@@ -57,7 +58,7 @@ def assert_same_report(a, b, *, angle_atol=1e-4, rel=1e-6, gap_atol=1e-6):
                 elif q == "ln_rms_gap":
                     tol = gap_atol * max(1.0, abs(y))
                 else:
-                    tol = rel * max(abs(y), abs(getattr(mb, "max")))  # std and mean: relative to the scale
+                    tol = rel * max(abs(y), abs(mb.max))  # std and mean: relative to the scale
                 assert abs(x - y) <= tol, f"{where} {stat}: {x!r} vs {y!r}"
             ha, hb = qa.histogram, qb.histogram
             assert ha.total == hb.total and ha.nan == hb.nan, where

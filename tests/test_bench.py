@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from geonorm_core import bench
+from geonorm_core.experiments import bench
 
 
 def test_site_inputs_are_a_norm_site():

@@ -17,8 +17,14 @@ transformers = pytest.importorskip("transformers")
 
 import geonorm_core as gn  # noqa: E402
 from geonorm_core.experiments.convert import (  # noqa: E402
-    CONVERSION_FILE, AffineRMSNorm, CentredEmbeddingLayerNorm, ConversionError, is_converted, load_converted,
-    save_converted, to_rmsnorm,
+    CONVERSION_FILE,
+    AffineRMSNorm,
+    CentredEmbeddingLayerNorm,
+    ConversionError,
+    is_converted,
+    load_converted,
+    save_converted,
+    to_rmsnorm,
 )
 from geonorm_core.models.corpus import default_text  # noqa: E402
 from geonorm_core.sources.sites import find_norm_sites  # noqa: E402
@@ -252,7 +258,7 @@ def test_refuses_half_precision_and_double_conversion(tiny_models):
 
 
 def test_probe_catches_a_missed_writer(tiny_models, monkeypatch):
-    from geonorm_core import convert
+    from geonorm_core.experiments import convert
 
     table = dict(convert.ARCHITECTURES)
     arch = table["gpt_neox"]

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported 
 
 torch = pytest.importorskip("torch")
 
-from geonorm_core import corpus  # noqa: E402
+from geonorm_core.models import corpus  # noqa: E402
 from geonorm_core.models.corpus import default_header, default_text, read_text, token_batches  # noqa: E402
 
 

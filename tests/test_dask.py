@@ -19,12 +19,12 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import geonorm_core as gn
-from geonorm_core.dumps import dask as gd
 from geonorm_core.analysis.accumulate import QUANTITY_NAMES, SiteStats
+from geonorm_core.analysis.measure import token_values
+from geonorm_core.dumps import dask as gd
 from geonorm_core.dumps.reading import analyze_dump, open_activations
 from geonorm_core.dumps.shards import HIDDEN_QUANTITIES, DumpError, FileShard
 from geonorm_core.dumps.writing import DumpWriter
-from geonorm_core.analysis.measure import token_values
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

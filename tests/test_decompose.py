@@ -1,15 +1,14 @@
 """decompose: the oracle itself, then the native kernels against it on every SIMD path."""
 
-from fractions import Fraction
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
+from nasty import DIMS, DTYPES, EPS64, assert_decomposition, extreme_rows_f64, nasty_rows
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import (DIMS, DTYPES, EPS64, assert_decomposition, extreme_rows_f64,
-                   nasty_rows)
 
 FIELDS = ("mean", "coef", "norm", "perp_norm", "cos", "angle", "std", "rms")
 

@@ -24,15 +24,16 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tiny_models import tiny  # noqa: E402
+
 from geonorm_core import cli  # noqa: E402
 from geonorm_core.analysis.accumulate import SiteStats  # noqa: E402
+from geonorm_core.analysis.measure import token_values  # noqa: E402
 from geonorm_core.dumps.formats import read_safetensors_header, write_safetensors  # noqa: E402
 from geonorm_core.dumps.reading import analyze_dump, analyze_shard, open_activations  # noqa: E402
 from geonorm_core.dumps.shards import HIDDEN_QUANTITIES, DumpError  # noqa: E402
-from geonorm_core.sources.adapter import analyze  # noqa: E402
 from geonorm_core.dumps.writing import dump  # noqa: E402
-from geonorm_core.analysis.measure import token_values  # noqa: E402
-from tiny_models import tiny  # noqa: E402
+from geonorm_core.sources.adapter import analyze  # noqa: E402
 
 
 def batches(n=5, b=4, t=12, seed=0):

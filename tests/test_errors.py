@@ -4,11 +4,10 @@ import re
 
 import numpy as np
 import pytest
+from nasty import DTYPES, assert_angles, assert_decomposition, check_op, f64, nasty_rows, with_nonfinite
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import (DTYPES, assert_angles, assert_decomposition, check_op, f64, nasty_rows,
-                   with_nonfinite)
 
 D = 8
 X = np.random.default_rng(0).standard_normal((4, D)).astype(np.float32)

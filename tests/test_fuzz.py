@@ -5,10 +5,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from nasty import DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts
 
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -7,12 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from nasty import DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts, nasty_rows
 
 import geonorm_core as gn
 from geonorm_core import slow
 from geonorm_core._native import _core
-from nasty import (DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts,
-                   nasty_rows)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,8 +19,8 @@ tl_bridge = pytest.importorskip("transformer_lens.model_bridge")
 nnsight = pytest.importorskip("nnsight")
 
 import geonorm_core as gn
-from geonorm_core.sources.caches import analyze_cache
 from geonorm_core.experiments.monitor import GeometryMonitor
+from geonorm_core.sources.caches import analyze_cache
 
 QUANTITIES = ("angle_hidden", "angle_post", "norm_hidden", "norm_post", "rotation", "max_abs_hidden",
               "ln_rms_gap")

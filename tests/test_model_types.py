@@ -22,10 +22,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tiny_models import norm_formula  # noqa: E402
+
 from geonorm_core import slow
 from geonorm_core.sources.adapter import analyze
 from geonorm_core.sources.sites import find_norm_sites
-from tiny_models import norm_formula  # noqa: E402
+
+pytestmark = pytest.mark.slow   # 41 model types, each built and run: the full tier only
 
 WIDTH, VOCAB = 64, 128
 _GENERIC = dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -170,7 +173,8 @@ def test_formula_reproduces_module_on_its_own_hidden_states(tiny):
     for site in sites:
         assert got[site.name], (model_type, site.name, "never ran")
         for x, y in got[site.name]:
-            np.testing.assert_allclose(norm_formula(x, site.kind, site.gain, site.bias, site.eps), y, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(y).max()),
+            np.testing.assert_allclose(norm_formula(x, site.kind, site.gain, site.bias, site.eps), y,
+                                       rtol=2e-5, atol=2e-5 * max(1.0, np.abs(y).max()),
                                        err_msg=f"{model_type} {site.name} {site.formula} eps={site.eps}")
 
 
@@ -245,7 +249,8 @@ def test_parameter_free_norms_are_sites():
     for site in sites.values():
         with torch.no_grad():
             out = site.module(x).double().numpy()
-        np.testing.assert_allclose(norm_formula(x.double().numpy(), site.kind, site.gain, site.bias, site.eps), out, rtol=1e-5, atol=1e-5)
+        want = norm_formula(x.double().numpy(), site.kind, site.gain, site.bias, site.eps)
+        np.testing.assert_allclose(want, out, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_group_instance_norms_are_never_sites():

@@ -22,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from geonorm_core.models import registry as models  # noqa: E402
 from geonorm_core.models import MODELS, ModelNotFoundError, load_model  # noqa: E402
+from geonorm_core.models import registry as models  # noqa: E402
 
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements-models.txt"
 

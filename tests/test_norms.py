@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from nasty import DIMS, DTYPES, check_op, extreme_rows_f64, f64, gap_tol, layouts, nasty_rows
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import (DIMS, DTYPES, check_op, gap_tol, extreme_rows_f64, f64, layouts, nasty_rows)
 
 OPS = ("layer_norm", "rms_norm", "remove_uniform")
 

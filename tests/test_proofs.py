@@ -22,7 +22,17 @@ import proofs  # noqa: E402
 from proofs import crosscheck as cc  # noqa: E402
 from proofs.__main__ import main  # noqa: E402
 from proofs.toolkit import (  # noqa: E402
-    ALL_D, D_LE_16, FixedModel, GeneralModel, P, dot, holds, holds_for_each_d, mean, refute, variance,
+    ALL_D,
+    D_LE_16,
+    FixedModel,
+    GeneralModel,
+    P,
+    dot,
+    holds,
+    holds_for_each_d,
+    mean,
+    refute,
+    variance,
 )
 
 IDENTITIES = {i.id: i for i in proofs.identities()}

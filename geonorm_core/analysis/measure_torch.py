@@ -210,8 +210,8 @@ def token_values_torch(hidden: torch.Tensor, post: torch.Tensor | None, *, gain:
     p2 = None if p is None else p.reshape(-1, d)
     if rows is not None:
         if not torch.is_tensor(rows) or rows.dtype != torch.int64 or rows.ndim != 1:
-            raise TypeError(f"rows must be a 1-D int64 tensor of row indices, got "
-                            f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {tuple(getattr(rows, 'shape', ()))}")
+            got = f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {tuple(getattr(rows, 'shape', ()))}"
+            raise TypeError(f"rows must be a 1-D int64 tensor of row indices, got {got}")
         rows = rows.to(dev, non_blocking=True)
         h2 = h2.index_select(0, rows)
         p2 = None if p2 is None else p2.index_select(0, rows)

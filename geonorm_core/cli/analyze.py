@@ -9,9 +9,9 @@ import argparse
 import signal
 import sys
 
-from ..sources.checkpoint import load_checkpoint
 from ..analysis.measure import BACKENDS
 from ..experiments.workload import progress
+from ..sources.checkpoint import load_checkpoint
 from . import preflight
 from .errors import INTERRUPTED, UsageError
 from .options import add_model_options, check_model_options, load_workload, positive_int, wrote

@@ -23,7 +23,7 @@ def writable_folder(path: str, option: str = "--out") -> Path:
             pass
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise UsageError(f"{option} {path}: cannot write there ({reason}); choose a folder you can write to")
+        raise UsageError(f"{option} {path}: cannot write there ({reason}); choose a folder you can write to") from None
     return folder
 
 

@@ -19,8 +19,8 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
-from ..analysis import measure
 from .. import ops
+from ..analysis import measure
 from ..runtime import kernel_info
 
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16, "fp64": np.float64}
@@ -315,7 +315,8 @@ def environment() -> dict:
         "numpy_threads": 1,
         "torch": None if torch is None else torch.__version__,
         "torch_threads": None if torch is None else torch.get_num_threads(),
-        "allocator": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))} or "glibc default",
+        "allocator": ({k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+                      or "glibc default"),
     }
     return env
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .loading import ModelNotFoundError, import_torch_side, resolve_device, resolve_dtype
 from ..runtime import cache_dir
+from .loading import ModelNotFoundError, import_torch_side, resolve_device, resolve_dtype
 
 __all__ = ["MODELS", "ModelInfo", "ModelNotFoundError", "load_model", "model_cache_dir", "resolve_model"]
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapter import Analyzer
 from ..analysis.report import Report
+from .adapter import Analyzer
 
 __all__ = ["analyze_cache"]
 

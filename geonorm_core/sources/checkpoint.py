@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..durable import write_json
 from ..analysis.report import Report
+from ..durable import write_json
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "analyze_checkpointed", "load_checkpoint", "save_checkpoint"]
 
