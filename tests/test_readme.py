@@ -107,3 +107,9 @@ def test_identities_page_states_what_proofs_prove():
     made = subprocess.run([sys.executable, "-m", "proofs", "--markdown"], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout
     assert shown == made, "docs/identities.md is stale: paste the output of `python -m proofs --markdown`"
+
+
+def test_ci_runs_the_readmes_test_command():
+    readme = README.read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert f"```bash\n{ci}\n```" in readme, "the README's test command and .ci/run's last line differ"
