@@ -23,7 +23,7 @@ from .models.loading import ModelNotFoundError
 from .ops import Decomposition, decompose, layer_norm, ln_rms_gap, remove_uniform, rms_norm, rotation
 from .runtime import __version__, get_num_threads, kernel_info, set_num_threads
 
-_moved.install()   # old module paths (geonorm_core.measure, ...) keep working for one release
+_moved.install()   # the old flat module paths (measure, report, ...) keep working for one release
 
 __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",

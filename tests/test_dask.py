@@ -1,4 +1,4 @@
-"""geonorm_core.dask: a 2-worker LocalCluster gives bitwise the single-process numbers.
+"""geonorm_core.dumps.dask: a 2-worker LocalCluster gives bitwise the single-process numbers.
 
 "Bitwise": ``to_dict()`` of the SiteStats / Report compared with ==.  The single-process run is
 ``analyze_dump`` without a scheduler for dumps, and a loop of ``SiteStats.update`` over the
