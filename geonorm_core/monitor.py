@@ -65,7 +65,8 @@ from .interop import unwrap
 from .report import JsonFile, Report
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
-__all__ = ["GeometryMonitor", "Timeline", "GeometryCallback", "plot_timelines", "null_abs_cos"]  # noqa: F822
+__all__ = ["GeometryMonitor", "Timeline", "plot_timelines", "timeline_figure", "null_abs_cos",
+           "GeometryCallback"]  # noqa: F822
 
 TIMELINE_FORMAT = 1  # bump when Timeline.to_dict()'s layout changes
 
@@ -170,6 +171,16 @@ class Timeline(JsonFile):
     def plot(self, path: str | os.PathLike, *, label: str | None = None) -> str:
         """Write the training-geometry figure (see :func:`plot_timelines`) to ``path``; return it."""
         return plot_timelines({label or self.meta.get("model", "model"): self}, path)
+
+    def figure(self, *, label: str | None = None):
+        """The training-geometry figure of :func:`plot_timelines` as a matplotlib figure (not saved)."""
+        return timeline_figure({label or self.meta.get("model", "model"): self})
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: a row per recorded step (loss, angle, norm, gap) and the figure."""
+        from .report_html import timeline_fragment
+
+        return timeline_fragment(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,6 +434,16 @@ _STYLES = ("-", "--", ":", "-.")
 
 def plot_timelines(timelines: Mapping[str, Timeline], path: str | os.PathLike, *,
                    title: str | None = None) -> str:
+    """Write :func:`timeline_figure` to ``path`` (PNG, or the format its suffix names); return ``path``."""
+    fig = timeline_figure(timelines, title=title)
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def timeline_figure(timelines: Mapping[str, Timeline], *, title: str | None = None):
     """One figure of norm-site geometry over training, for one or several runs; return ``path``.
 
     Six panels against the training step, one line per layer (colour) and per run (line
@@ -490,9 +511,7 @@ def plot_timelines(timelines: Mapping[str, Timeline], path: str | os.PathLike, *
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False)
     fig.suptitle(title or "Norm-site geometry during training: " + " vs ".join(timelines), fontsize=12)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    return fig
 
 
 def _layer_color(i: int, n: int):
