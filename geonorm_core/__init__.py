@@ -13,13 +13,14 @@ speed of memory.
 from .accumulate import Histogram, Moments, Quantity, SiteStats
 from .dumps import ActivationSite, DumpError, analyze_dump, open_activations
 from .ops import Decomposition, decompose, layer_norm, ln_rms_gap, remove_uniform, rms_norm, rotation
+from .compare import Comparison, compare
 from .report import Report
 from .runtime import __version__, get_num_threads, kernel_info, set_num_threads
 
 __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",
     "kernel_info", "get_num_threads", "set_num_threads", "__version__",
-    "Moments", "Histogram", "Quantity", "SiteStats", "Report",
+    "Moments", "Histogram", "Quantity", "SiteStats", "Report", "compare", "Comparison",
     "NormSite", "find_norm_sites", "analyze", "Analyzer", "load_model", "GeometryMonitor", "Timeline",
     "analyze_cache", "dump", "analyze_dump", "open_activations", "ActivationSite", "DumpError", "swap_test",
     "swapped", "SwapResult", "to_rmsnorm", "save_converted", "load_converted",

@@ -47,7 +47,7 @@ def _plt():
     return plt
 
 
-def _band(ax, x, rows, key, label, i, *, markevery=None):
+def _band(ax, x, rows, key, label, i, *, markevery=None, sd=True):
     pts = [(xi, r[key]) for xi, r in zip(x, rows) if r.get(key) is not None]
     if not pts:
         return
@@ -56,7 +56,8 @@ def _band(ax, x, rows, key, label, i, *, markevery=None):
     s = np.array([p[1][1] for p in pts])
     st = series_style(i)
     ax.plot(xs, m, ms=4, lw=1.4, label=label, markevery=markevery, mfc="white" if i % 2 else st["color"], **st)
-    ax.fill_between(xs, m - s, m + s, color=st["color"], alpha=0.15, lw=0)
+    if sd:  # not on log scales: an SD larger than the mean (a few massive tokens) has no lower edge there
+        ax.fill_between(xs, m - s, m + s, color=st["color"], alpha=0.15, lw=0)
 
 
 def _title(report) -> str:
@@ -100,10 +101,10 @@ def report_figures(report, *, layer: int | None = None) -> list[tuple[str, Any]]
     finish(fig, ax, "angle_per_layer.png", "angle with 1 (degrees)")
 
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    _band(ax, x, rows, "hidden_norm", "‖hidden‖", 0)
-    _band(ax, x, rows, "post1_norm", f"‖post-{first}‖", 1)
+    _band(ax, x, rows, "hidden_norm", "‖hidden‖", 0, sd=False)
+    _band(ax, x, rows, "post1_norm", f"‖post-{first}‖", 1, sd=False)
     ax.set_yscale("log")
-    ax.set_title(f"{title}: L2 norm before and after the norm (mean ± SD)", fontsize=11)
+    ax.set_title(f"{title}: L2 norm before and after the norm (mean over tokens)", fontsize=11)
     finish(fig, ax, "norm_per_layer.png", "L2 norm")
 
     fig, ax = plt.subplots(figsize=FIGSIZE)
@@ -193,11 +194,13 @@ def comparison_figures(labelled: Sequence[tuple[str, Any]]) -> list[tuple[str, A
         i = 0
         dims = []
         for label, report in labelled:
-            for stack, x, rows in depth_series(report):
+            series = depth_series(report)
+            for stack, x, rows in series:
                 if rows:
                     dims.append(rows[0]["d"])
                 every = max(1, len(rows) // 12)
-                _band(ax, x, rows, key, f"{label} {stack}".strip(), i, markevery=every)
+                legend = f"{label} ({stack})" if len(series) > 1 else label
+                _band(ax, x, rows, key, legend, i, markevery=every, sd=not log)
                 i += 1
         if key == "hidden_angle" and dims:
             sd = max(baseline_angle_sd(int(d)).sd for d in dims)
@@ -207,7 +210,7 @@ def comparison_figures(labelled: Sequence[tuple[str, Any]]) -> list[tuple[str, A
         if log:
             ax.set_yscale("log")
         ax.set_xlim(-0.02, 1.0)
-        ax.set_title(f"{what} (mean ± SD over tokens)", fontsize=11)
+        ax.set_title(f"{what} ({'mean over tokens' if log else 'mean ± SD over tokens'})", fontsize=11)
         ax.set_xlabel("relative depth (layer / number of layers)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

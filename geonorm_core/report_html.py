@@ -58,7 +58,7 @@ figcaption{font-size:12.5px;color:var(--mute);padding:4px 4px 0}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
 th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th{background:var(--soft);font-weight:600;position:sticky;top:0}
+th{background:var(--soft);font-weight:600;position:sticky;top:0;white-space:normal;vertical-align:bottom}
 td.t,th.t{text-align:left}
 tr.mine td{background:var(--hi);font-weight:600}
 tr.paper td{color:#3d444d}
@@ -306,8 +306,10 @@ def sites_table(report) -> str:
         m = s.meta
         role = m.get("role") or "–"
         layer = m.get("layer")
-        cols = "".join(num(s[q].mean if s[q].count else None, dg) + num(s[q].std if s[q].count else None, dg)
-                       for q, _, dg in SITE_COLUMNS)
+        qs = [s.quantities.get(q) for q, _, _ in SITE_COLUMNS]  # arrays without outputs have no post values
+        cols = "".join(num(v.mean if v is not None and v.count else None, dg)
+                       + num(v.std if v is not None and v.count else None, dg)
+                       for v, (_, _, dg) in zip(qs, SITE_COLUMNS))
         lay = '<td data-v="nan">–</td>' if layer is None else f'<td data-v="{layer}">{layer}</td>'
         trs.append(f'<tr data-role="{esc(role)}" data-site="{esc(name)}"><td class="t">{esc(name)}</td>{lay}'
                    f'<td class="t">{esc(role)}</td><td class="t">{esc(m.get("kind", "–"))}</td>'
@@ -321,7 +323,8 @@ def _captions(report) -> dict[str, str]:
     return {"angle_per_layer": f"Angle with the uniform vector 1 of the residual stream (LN1's input) and of the "
                                f"{first}/{second} outputs per layer; bands: ± SD over tokens; grey band: the random "
                                "baseline.",
-            "norm_per_layer": f"L2 norm of the residual stream and of the {first} output (log scale).",
+            "norm_per_layer": f"L2 norm of the residual stream and of the {first} output (log scale; SDs in the "
+                              "per-layer table).",
             "rotation_per_layer": "Angle between a hidden state and its norm's output (gain and bias included).",
             "gap_per_layer": "‖LN(x) − RMS(x)‖ / ‖LN(x)‖ with the site's gain: what mean subtraction changes.",
             "angle_histogram": "Distribution over tokens of the angle with 1 at one layer, beside the "
@@ -362,7 +365,7 @@ def render_report(report) -> str:
                f"({report.tokens:,}).</p>" if report.meta.get("partial") else "")
     body = (head + "<main>" + partial
             + '<section id="headline"><div class="lead">' + figs[0]
-            + f'<div><h3>The run</h3><table class="kv" id="run">{run}</table></div></div></section>'
+            + f'<div><h3>The run</h3><table class="kv" id="run"><tbody>{run}</tbody></table></div></div></section>'
             + '<section id="tables"><h2>Tables 2–4 beside the paper</h2>'
             + summary_table([row] + paper_summaries()) + f'<p class="muted">{SUMMARY_NOTE}</p></section>'
             + '<section id="figures"><h2>Figures</h2><div class="figs">' + "".join(figs[1:]) + "</div></section>"
@@ -387,7 +390,7 @@ def _render_site_only(report) -> str:
     body = (f'<header><div class="wrap"><p class="kicker">geonorm report</p><h1>{esc(label)}'
             f"{_status(report.meta)}</h1><p class=sub>{len(report.sites)} sites · {report.tokens:,} rows</p></div>"
             '</header><main><section id="per-site"><h2>Per site</h2>' + sites_table(report)
-            + f'</section><section id="run-info"><h2>The run</h2><table class="kv">{run}</table></section></main>'
+            + f'</section><section id="run-info"><h2>The run</h2><table class="kv" id="run"><tbody>{run}</tbody></table></section></main>'
             + _footer())
     return page(f"geonorm report: {label}", body)
 
@@ -410,7 +413,7 @@ FRAGMENT_CSS = (".gn-frag{font-family:system-ui,sans-serif;max-width:900px}.gn-f
 def _compact(rows: Sequence[dict]) -> str:
     trs = "".join(f'<tr class="{"mine" if r["source"] == "geonorm" else "paper"}">'
                   + "".join(f"<td>{esc(c)}</td>" for c in cells(r)) + "</tr>" for r in rows)
-    return "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADERS) + f"</tr></thead>{trs}</table>"
+    return "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADERS) + f"</tr></thead><tbody>{trs}</tbody></table>"
 
 
 def report_fragment(report) -> str:
@@ -449,7 +452,7 @@ def timeline_fragment(timeline) -> str:
                    f"<td>{_f(a and a['sd'])}</td><td>{_f(n and n['mean'], 1)}</td><td>{_f(g and g['mean'], 4)}</td>"
                    f"<td>{row['tokens']:,}</td></tr>")
     table_ = ("<table><thead><tr><th>step</th><th>loss</th><th>angle hidden (°)</th><th>SD</th><th>‖hidden‖</th>"
-              "<th>LN–RMS gap</th><th>tokens</th></tr></thead>" + "".join(trs) + "</table>")
+              "<th>LN–RMS gap</th><th>tokens</th></tr></thead><tbody>" + "".join(trs) + "</tbody></table>")
     fig = timeline.figure() if hasattr(timeline, "figure") else None
     img = figure_img(fig, alt="geometry over training") if fig is not None else ""
     return head + table_ + img + "</div>"
