@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .paper import QUANTITIES, markdown_table, model_label, paper_summaries, summary
 from .report import Report
@@ -100,11 +100,11 @@ class Comparison:
         lines = [f"# geonorm comparison: {' vs '.join(self.labels)}", ""]
         lines += [f"> **Note.** {n}" for n in self.notes()]
         lines += ["", "## Tables 2-4, averaged over layers", "",
-                  "Angles: mean over layers of the per-layer means ± the mean per-layer SD over tokens; random "
-                  "baseline: 90° ± its SD at that d; the paper's rows are as published (1M tokens).", "",
+                  ("Angles: mean over layers of the per-layer means ± the mean per-layer SD over tokens; random "
+                   "baseline: 90° ± its SD at that d; the paper's rows are as published (1M tokens)."), "",
                   markdown_table(self.summaries() + paper_summaries()).rstrip("\n"), "",
-                  "Figures: compare_angle.png, compare_norm.png, compare_rotation.png, compare_gap.png "
-                  "(one line per model against layer / number of layers).", ""]
+                  ("Figures: compare_angle.png, compare_norm.png, compare_rotation.png, compare_gap.png "
+                   "(one line per model against layer / number of layers)."), ""]
         return "\n".join(lines)
 
     def to_csv(self, path: str | os.PathLike) -> None:
@@ -179,9 +179,10 @@ class Comparison:
         return page(f"geonorm comparison: {title}", body)
 
     def _repr_html_(self) -> str:
-        from .report_html import FRAGMENT_CSS, _compact, esc, figure_img
-        from .figures import comparison_figures
         import matplotlib.pyplot as plt
+
+        from .figures import comparison_figures
+        from .report_html import FRAGMENT_CSS, _compact, esc, figure_img
 
         figs = comparison_figures(self.labelled())
         for _, f in figs[1:]:

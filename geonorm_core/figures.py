@@ -18,7 +18,8 @@ and :mod:`geonorm_core.report_html` inlines them.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -150,13 +151,14 @@ def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]
     return _save(report_figures(report, layer=layer), out_dir)
 
 
-def _save(figs: Sequence[tuple[str, Any]], out_dir: str) -> list[str]:
+def _save(figs: Sequence[tuple[str, Any]], out_dir: str, *, close: bool = True) -> list[str]:
     plt = _plt()
     paths = []
     for name, fig in figs:
         path = os.path.join(out_dir, name)
         fig.savefig(path, dpi=120)
-        plt.close(fig)
+        if close:
+            plt.close(fig)
         paths.append(path)
     return paths
 

@@ -65,8 +65,8 @@ from .interop import unwrap
 from .report import JsonFile, Report
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
-__all__ = ["GeometryMonitor", "Timeline", "plot_timelines", "timeline_figure", "null_abs_cos",
-           "GeometryCallback"]  # noqa: F822
+__all__ = ["GeometryCallback",  # noqa: F822
+           "GeometryMonitor", "Timeline", "null_abs_cos", "plot_timelines", "timeline_figure"]
 
 TIMELINE_FORMAT = 1  # bump when Timeline.to_dict()'s layout changes
 

@@ -201,8 +201,8 @@ class Report(JsonFile):
             from .paper import markdown_table, paper_summaries, summary
 
             lines += ["", "## Beside the paper's models (Tables 2-4, averaged over layers)", "",
-                      "Angles: mean ± SD over tokens; random baseline: 90° ± its SD at that d; the paper's "
-                      "rows are as published (1M tokens).", "",
+                      ("Angles: mean ± SD over tokens; random baseline: 90° ± its SD at that d; the paper's "
+                       "rows are as published (1M tokens)."), "",
                       markdown_table([summary(self)] + paper_summaries()).rstrip("\n")]
         return "\n".join(lines) + "\n"
 
@@ -244,18 +244,21 @@ class Report(JsonFile):
         with open(paths[2], "w", encoding="utf-8") as f:
             f.write(self.table())
         if figures:
-            from .figures import save_figures
+            from .figures import _save, report_figures
 
-            paths.append(self.to_html(os.path.join(out_dir, "report.html")))
-            paths += save_figures(self, out_dir)
+            figs = report_figures(self)  # drawn once: PNG files, then SVG inside report.html
+            pngs = _save(figs, os.fspath(out_dir), close=False)
+            paths.append(self.to_html(os.path.join(out_dir, "report.html"), figures=figs))
+            paths += pngs
         return paths
 
-    def to_html(self, path: str | os.PathLike) -> str:
-        """Write report.html, one self-contained page (:mod:`geonorm_core.report_html`); return its path."""
+    def to_html(self, path: str | os.PathLike, *, figures: list | None = None) -> str:
+        """Write report.html, one self-contained page (:mod:`geonorm_core.report_html`); return its path.
+        ``figures``: :func:`~geonorm_core.figures.report_figures` already drawn (default: drawn here)."""
         from .report_html import render_report
 
         with open(path, "w", encoding="utf-8") as f:
-            f.write(render_report(self))
+            f.write(render_report(self, figures=figures))
         return os.fspath(path)
 
     def _repr_html_(self) -> str:

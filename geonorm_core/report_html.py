@@ -17,7 +17,8 @@ import datetime
 import html
 import io
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from .paper import HEADERS, cells, model_label, norm_kind, paper_summaries, summary
@@ -285,7 +286,7 @@ def layers_table(report) -> str:
     for r in report.layers():
         name = f"{r['stack'][:3]}.{r['layer']}" if r["stack"] else str(r["layer"])
 
-        def m(key, d=2):
+        def m(key, d=2, r=r):
             return num(r[key][0] if r.get(key) else None, d)
 
         sd = r["hidden_angle"][1] if r.get("hidden_angle") else None
@@ -344,8 +345,12 @@ def figures_html(figs: Sequence[tuple[str, Any]], captions: dict[str, str]) -> l
 
 # -- the pages -------------------------------------------------------------------------------------
 
-def render_report(report) -> str:
-    """report.html: the run, Tables 2-4 beside the paper, the figures, per-layer and per-site tables."""
+def render_report(report, *, figures: Sequence[tuple[str, Any]] | None = None) -> str:
+    """report.html: the run, Tables 2-4 beside the paper, the figures, per-layer and per-site tables.
+
+    ``figures``: the (name, figure) pairs of :func:`~geonorm_core.figures.report_figures`, if already
+    drawn (they are closed here); default: drawn here.
+    """
     from .figures import report_figures
 
     if not report.layers():
@@ -353,7 +358,7 @@ def render_report(report) -> str:
     row = summary(report)
     label = model_label(report)
     rows = report.layers()
-    figs = figures_html(report_figures(report), _captions(report))
+    figs = figures_html(report_figures(report) if figures is None else figures, _captions(report))
     run = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in run_rows(report))
     head = (f'<header><div class="wrap"><p class="kicker">geonorm report · the geometry of normalization layers</p>'
             f"<h1>{esc(label)}{_status(report.meta)}</h1>"
@@ -462,4 +467,4 @@ def _f(v: Any, digits: int = 2) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-__all__ = ["render_report", "report_fragment", "timeline_fragment", "page", "figure_img", "summary_table"]
+__all__ = ["figure_img", "page", "render_report", "report_fragment", "summary_table", "timeline_fragment"]

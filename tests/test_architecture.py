@@ -125,7 +125,7 @@ FLOORS = {
     "core": ("_native", "ops", "_arrays", "slow", "runtime", "nn", "durable", "proofs"),
     "measurement": ("measure", "measure_torch"),
     "accumulators": ("accumulate",),
-    "report": ("report", "figures"),
+    "report": ("report", "figures", "paper", "report_html", "compare"),
     "sources": ("sites", "adapter", "checkpoint", "interop", "caches", "loading", "models", "whisper", "ct2",
                 "corpus", "dumps", "dask"),
     "experiments": ("swap", "monitor", "convert", "workload", "bench"),

@@ -17,14 +17,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 pytest.importorskip("transformers")
 
-from tiny_models import tiny  # noqa: E402
+from tiny_models import tiny
 
-import geonorm_core as gn  # noqa: E402
-from geonorm_core import Report, analyze  # noqa: E402
-from geonorm_core.cli import main  # noqa: E402
-from geonorm_core.compare import compare, load_report  # noqa: E402
-from geonorm_core.figures import depth_series  # noqa: E402
-from geonorm_core.paper import PAPER_ROWS, summary  # noqa: E402
+import geonorm_core as gn
+from geonorm_core import Report, analyze
+from geonorm_core.cli import main
+from geonorm_core.compare import compare, load_report
+from geonorm_core.figures import depth_series
+from geonorm_core.paper import PAPER_ROWS, summary
 
 
 def batches(n=2, b=3, t=12, seed=0):
@@ -94,7 +94,7 @@ def external_references(page: Page) -> list[str]:
             out.append(f"<{tag}>")
         for key in ("src", "href", "action", "poster", "srcset", "data"):
             v = a.get(key)
-            if v is not None and not (v.startswith("data:") or v.startswith("#")):
+            if v is not None and not v.startswith(("data:", "#")):
                 out.append(f"{tag} {key}={v[:60]}")
     return out
 
