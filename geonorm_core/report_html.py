@@ -228,7 +228,7 @@ def run_rows(report) -> list[tuple[str, str]]:
              ("histogram bins", esc(m.get("bins", "–"))),
              ("geonorm", esc(m.get("geonorm_version") or f"{_version()} (rendered with)")),
              ("date", esc(m.get("date") or f"{_now()} (rendered)"))]
-    return items
+    return [(k, v) for k, v in items if v not in ("–", "– × –")]  # what the run did not record
 
 
 def _cards(report, row: dict) -> str:
