@@ -71,9 +71,11 @@ section#headline{margin-top:16px}
 .muted{color:var(--mute);font-size:13px}
 th button{all:unset;cursor:pointer}
 th button:focus-visible{outline:2px solid var(--accent)}
-th[aria-sort=ascending] button::after{content:" \\25B2"}
-th[aria-sort=descending] button::after{content:" \\25BC"}
-th button::after{content:" \\21C5";color:#8c959f}
+th[aria-sort=ascending] button::after{content:"\\A0\\25B2"}
+th[aria-sort=descending] button::after{content:"\\A0\\25BC"}
+th button::after{content:"\\A0\\21C5";color:#8c959f}
+#summary td:first-child,#runs td:first-child{white-space:normal;min-width:11em}
+#summary th{min-width:4.5em}
 .controls{margin:6px 0 8px;display:flex;gap:8px;align-items:center;flex-wrap:wrap}
 footer{color:var(--mute);font-size:12.5px;padding-top:8px;padding-bottom:30px}
 @media print{
@@ -157,10 +159,12 @@ def num(value: Any, digits: int = 2, *, cls: str = "") -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[str], *, id: str = "", sortable: bool = False,
-          extra: str = "", caption: str = "") -> str:
-    """An HTML table from its header texts and ready ``<tr>`` rows, in a horizontal scroller."""
+          extra: str = "", caption: str = "", text_columns: int = 1) -> str:
+    """An HTML table from its header texts and ready ``<tr>`` rows, in a horizontal scroller; the
+    first ``text_columns`` headers align left, as their text cells do."""
     attrs = (f' id="{id}"' if id else "") + (' class="sortable"' if sortable else "") + extra
-    head = "".join(f'<th scope="col"{" class=t" if i == 0 else ""}>{esc(h)}</th>' for i, h in enumerate(headers))
+    head = "".join(f'<th scope="col"{" class=t" if i < text_columns else ""}>{esc(h)}</th>'
+                   for i, h in enumerate(headers))
     cap = f"<caption class=muted>{caption}</caption>" if caption else ""
     return (f'<div class="scroll"><table{attrs}>{cap}<thead><tr>{head}</tr></thead><tbody>'
             + "".join(rows) + "</tbody></table></div>")
@@ -174,7 +178,7 @@ def summary_table(rows: Sequence[dict], *, id: str = "summary") -> str:
         tds = "".join(f'<td class="t">{esc(c)}</td>' if i < 2 else f"<td>{esc(c)}</td>"
                       for i, c in enumerate(cells(r)))
         trs.append(f'<tr class="{cls}" data-model="{esc(r["model"])}">{tds}</tr>')
-    return table(HEADERS, trs, id=id, sortable=True)
+    return table(HEADERS, trs, id=id, sortable=True, text_columns=2)
 
 
 SUMMARY_NOTE = ("Angles: mean over layers of the per-layer mean angle with the uniform vector 1, ± the mean "
@@ -227,7 +231,7 @@ def run_rows(report) -> list[tuple[str, str]]:
              ("first token", "excluded" if m.get("exclude_first_token") else "included"),
              ("histogram bins", esc(m.get("bins", "–"))),
              ("geonorm", esc(m.get("geonorm_version") or f"{_version()} (rendered with)")),
-             ("date", esc(m.get("date") or f"{_now()} (rendered)"))]
+             ("date", esc(m.get("date") or f"{_now()} (page written)"))]
     return [(k, v) for k, v in items if v not in ("–", "– × –")]  # what the run did not record
 
 
@@ -316,7 +320,7 @@ def sites_table(report) -> str:
                    f'<td class="t">{esc(role)}</td><td class="t">{esc(m.get("kind", "–"))}</td>'
                    f'<td data-v="{m.get("d")}">{esc(m.get("d"))}</td><td data-v="{s.tokens}">{s.tokens:,}</td>'
                    f"{cols}</tr>")
-    return table(heads, trs, id="sites", sortable=True, extra=' data-filter="data-role"')
+    return table(heads, trs, id="sites", sortable=True, extra=' data-filter="data-role"', text_columns=1)
 
 
 def _captions(report) -> dict[str, str]:

@@ -8,7 +8,6 @@ encoder hears the same text spoken (espeak-ng).
 """
 from __future__ import annotations
 
-import datetime
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -55,8 +54,7 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     else:
         batches = token_batches(body, tokenizer, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
     meta = {"model_name": model, "text": text or "default corpus", "seq_len": seq_len,
-            "batch_size": batch_size, "dtype": dtype, "device": device, "geonorm_version": __version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "batch_size": batch_size, "dtype": dtype, "device": device, "geonorm_version": __version__}
     return net, tokenizer, batches, meta
 
 

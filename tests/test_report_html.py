@@ -313,3 +313,15 @@ def test_summary_of_partial_and_nan_free(reports):
     row = summary(report)
     assert row["partial"] and row["norm"] == "LayerNorm" and math.isfinite(row["baseline_sd"])
     assert "[partial]" in compare([report]).to_markdown()
+
+
+def test_docs_screenshots_exist_and_are_small():
+    """docs/report.md shows a screenshot of each page (report, comparison), each under 300 KB."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    shots = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (docs / "report.md").read_text(encoding="utf-8"))
+    assert {"report_page.png", "compare_page.png"} <= set(shots)
+    for name in shots:
+        assert 10_000 < (docs / name).stat().st_size < 300_000, name
