@@ -135,7 +135,7 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def figure_img(fig, alt: str, caption: str = "") -> str:
+def figure_img(fig, alt: str, caption: str = "", *, cls: str = "") -> str:
     """A matplotlib figure as an inline SVG ``<img>`` in a ``<figure>`` (the figure is closed)."""
     import matplotlib
     import matplotlib.pyplot as plt
@@ -147,7 +147,8 @@ def figure_img(fig, alt: str, caption: str = "") -> str:
     # percent-encoding only what a data: URI in a quoted attribute needs is ~25% smaller than base64
     uri = "data:image/svg+xml;charset=utf-8," + quote(buf.getvalue(), safe=" :/=;,'()!*~.-_+?@$[]{}|^`")
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f'<figure><img src="{uri}" alt="{esc(alt)}">{cap}</figure>'
+    c = f' class="{cls}"' if cls else ""
+    return f'<figure><img{c} src="{uri}" alt="{esc(alt)}">{cap}</figure>'
 
 
 def num(value: Any, digits: int = 2, *, cls: str = "") -> str:
@@ -416,7 +417,7 @@ FRAGMENT_CSS = (".gn-frag{font-family:system-ui,sans-serif;max-width:900px}.gn-f
                 "font-size:12.5px;margin:4px 0}.gn-frag th,.gn-frag td{padding:2px 8px;border-bottom:1px solid #ddd;"
                 "text-align:right;white-space:nowrap}.gn-frag th:first-child,.gn-frag td:first-child{text-align:left}"
                 ".gn-frag tr.mine td{font-weight:600;background:#fff8c5}.gn-frag img{max-width:720px;width:100%}"
-                ".gn-frag figure{margin:4px 0}.gn-frag h4{margin:4px 0}")
+                ".gn-frag img.wide{max-width:1100px}.gn-frag figure{margin:4px 0}.gn-frag h4{margin:4px 0}")
 
 
 def _compact(rows: Sequence[dict]) -> str:
@@ -463,7 +464,7 @@ def timeline_fragment(timeline) -> str:
     table_ = ("<table><thead><tr><th>step</th><th>loss</th><th>angle hidden (°)</th><th>SD</th><th>‖hidden‖</th>"
               "<th>LN–RMS gap</th><th>tokens</th></tr></thead><tbody>" + "".join(trs) + "</tbody></table>")
     fig = timeline.figure() if hasattr(timeline, "figure") else None
-    img = figure_img(fig, alt="geometry over training") if fig is not None else ""
+    img = figure_img(fig, alt="geometry over training", cls="wide") if fig is not None else ""
     return head + table_ + img + "</div>"
 
 
