@@ -176,8 +176,16 @@ def summary_table(rows: Sequence[dict], *, id: str = "summary") -> str:
     trs = []
     for r in rows:
         cls = "mine" if r["source"] == "geonorm" else "paper"
-        tds = "".join(f'<td class="t">{esc(c)}</td>' if i < 2 else f"<td>{esc(c)}</td>"
-                      for i, c in enumerate(cells(r)))
+
+        def mean(key, r=r):
+            return r[key]["mean"] if r.get(key) else None
+
+        # what each numeric cell sorts by (its text is "mean ± SD", "a → b", "a / b")
+        keys = [None, None, r["d"], r["layers"], r["tokens"], mean("hidden_angle"), mean("post1_angle"),
+                mean("post2_angle"), r["baseline_sd"], mean("hidden_norm"), mean("rotation1"), mean("gap1")]
+        tds = "".join(f'<td class="t">{esc(c)}</td>' if k is None and i < 2 else
+                      f'<td data-v="{"nan" if k is None else repr(float(k))}">{esc(c)}</td>'
+                      for i, (c, k) in enumerate(zip(cells(r), keys)))
         trs.append(f'<tr class="{cls}" data-model="{esc(r["model"])}">{tds}</tr>')
     return table(HEADERS, trs, id=id, sortable=True, text_columns=2)
 

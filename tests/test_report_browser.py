@@ -235,6 +235,11 @@ def test_compare_page(browser, pages):
     browser.find_elements("css selector", "#summary thead th button")[0].click()
     first = browser.execute_script("return document.querySelector('#summary tbody tr').cells[0].textContent")
     assert first == min(models, key=str.lower)
+    # ... and numbers as numbers: "101.48" (GPT-2 XL) after "89.xx", although its text sorts first
+    browser.find_elements("css selector", "#summary thead th button")[5].click()
+    angles = browser.execute_script("return Array.from(document.querySelectorAll('#summary tbody tr'))"
+                                    ".map(r => parseFloat(r.cells[5].textContent))")
+    assert angles == sorted(angles) and angles[-1] == 101.48
 
 
 def test_without_scripts_and_in_print(browser, pages):
