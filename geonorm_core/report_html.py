@@ -84,6 +84,9 @@ footer{color:var(--mute);font-size:12.5px;padding-top:8px;padding-bottom:30px}
  th{position:static}.figs{grid-template-columns:1fr 1fr}.lead{grid-template-columns:1fr}
  h2{break-after:avoid}table,figure{break-inside:avoid}.scroll{overflow:visible}
  tr.mine td{background:none;text-decoration:underline}
+ table{font-size:7.5pt}th,td{white-space:normal;padding:2px 3px}#summary td:first-child{min-width:0}
+ #sites{font-size:6.8pt}#sites td:first-child{word-break:break-all;min-width:7em}main,header>.wrap,footer{padding:0}
+ #sites :is(th,td):is(:nth-child(4),:nth-child(5),:nth-child(6)){display:none}
 }
 """
 
