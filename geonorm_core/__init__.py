@@ -15,6 +15,7 @@ stays light; ``dir(geonorm_core)`` lists both.
 """
 from . import _moved
 from .analysis.accumulate import Histogram, Moments, Quantity, SiteStats
+from .analysis.compare import Comparison, compare
 from .analysis.measure import token_values
 from .analysis.report import Report
 from .dumps import ActivationSite, DumpError, analyze_dump, open_activations
@@ -28,7 +29,7 @@ _moved.install()   # the old flat module paths (measure, report, ...) keep worki
 __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",
     "token_values", "kernel_info", "get_num_threads", "set_num_threads", "__version__",
-    "Moments", "Histogram", "Quantity", "SiteStats", "Report",
+    "Moments", "Histogram", "Quantity", "SiteStats", "Report", "compare", "Comparison",
     "analyze_dump", "open_activations", "ActivationSite", "DumpError",
     "default_text", "token_batches", "ModelNotFoundError",
 ]

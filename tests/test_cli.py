@@ -214,6 +214,15 @@ def test_ctrl_c_writes_a_partial_report_and_exits_130(tiny_checkpoint, uninterru
     assert json.loads((Path(out) / "report.json").read_text()) == uninterrupted
 
 
+def test_analyze_writes_report_html(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli.main(["analyze", "--model", tiny_checkpoint, "--max-tokens", "200", "--seq-len", "64",
+                     "--out", str(out)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "LlamaForCausalLM" in page and "geonorm report" in page and "float32" in page
+
+
 @pytest.mark.slow   # starts and kills a process
 def test_resume_with_other_settings_is_refused(tiny_checkpoint, uninterrupted, tmp_path, capsys):
     out = str(tmp_path / "r")

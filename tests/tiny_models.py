@@ -11,13 +11,14 @@ from geonorm_core import slow
 def tiny(kind: str, dtype: torch.dtype = torch.float32, **config) -> torch.nn.Module:
     """A 2-layer Llama (RMSNorm, d=64) or GPT-2 (LayerNorm, d=48) causal LM, seeded, in eval mode,
     with learned-looking gains in [0.5, 1.5] and biases ~ N(0, 0.1), so that rotations and LN-RMS
-    gaps are not trivially 0.  ``config``: extra config fields."""
+    gaps are not trivially 0.  ``config``: extra or overriding config fields (``n_layer=4``)."""
     torch.manual_seed(0)
     if kind == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                                       num_key_value_heads=4, vocab_size=97, num_hidden_layers=2, **config)
+        cfg = transformers.LlamaConfig(**{"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
+                                          "num_key_value_heads": 4, "vocab_size": 97, "num_hidden_layers": 2,
+                                          **config})
     elif kind == "gpt2":
-        cfg = transformers.GPT2Config(n_embd=48, n_head=4, n_layer=2, vocab_size=97, **config)
+        cfg = transformers.GPT2Config(**{"n_embd": 48, "n_head": 4, "n_layer": 2, "vocab_size": 97, **config})
     else:
         raise ValueError(kind)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()

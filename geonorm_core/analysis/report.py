@@ -13,7 +13,9 @@ through JSON.  Everything a reader sees is derived here:
   G14 beside the angles (its SD, the KS distance of the measured
   angle histogram from the Beta null, and the fraction of tokens outside the
   null's 99.9% interval);
-* :meth:`Report.save` -- a folder with report.json, sites.csv, tables.md and PNG figures.
+* :meth:`Report.save` -- a folder with report.json, sites.csv, tables.md, report.html (one
+  self-contained page, :mod:`geonorm_core.analysis.report_html`) and PNG figures;
+* ``Report._repr_html_`` -- the compact view notebooks show.
 """
 from __future__ import annotations
 
@@ -196,6 +198,13 @@ class Report(JsonFile):
                 digits = 4 if key == "gap1" else 2
                 lines.append(f"| {label} | {v['mean']:.{digits}f} | {v['sd']:.{digits}f} | "
                              f"{v['paper_pm']:.{digits}f} |")
+        if rows:
+            from .paper import markdown_table, paper_summaries, summary
+
+            lines += ["", "## Beside the paper's models (Tables 2-4, averaged over layers)", "",
+                      ("Angles: mean ± SD over tokens; random baseline: 90° ± its SD at that d; the paper's "
+                       "rows are as published (1M tokens)."), "",
+                      markdown_table([summary(self)] + paper_summaries()).rstrip("\n")]
         return "\n".join(lines) + "\n"
 
     # -- files -----------------------------------------------------------------------------
@@ -227,7 +236,8 @@ class Report(JsonFile):
                 w.writerow(row)
 
     def save(self, out_dir: str | os.PathLike, *, figures: bool = True) -> list[str]:
-        """Write report.json, sites.csv, tables.md and (with matplotlib) PNG figures; return the paths."""
+        """Write report.json, sites.csv, tables.md and (with matplotlib) report.html and PNG figures;
+        return the paths."""
         os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, n) for n in ("report.json", "sites.csv", "tables.md")]
         self.to_json(paths[0])
@@ -235,10 +245,27 @@ class Report(JsonFile):
         with open(paths[2], "w", encoding="utf-8") as f:
             f.write(self.table())
         if figures:
-            from .figures import save_figures
+            from .figures import _save, report_figures
 
-            paths += save_figures(self, out_dir)
+            figs = report_figures(self)  # drawn once: PNG files, then SVG inside report.html
+            pngs = _save(figs, os.fspath(out_dir), close=False)
+            paths.append(self.to_html(os.path.join(out_dir, "report.html"), figures=figs))
+            paths += pngs
         return paths
+
+    def to_html(self, path: str | os.PathLike, *, figures: list | None = None) -> str:
+        """Write report.html, one self-contained page (:mod:`geonorm_core.analysis.report_html`); return its path.
+        ``figures``: :func:`~geonorm_core.analysis.figures.report_figures` already drawn (default: drawn here)."""
+        from .report_html import render_report
+
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(render_report(self, figures=figures))
+        return os.fspath(path)
+
+    def _repr_html_(self) -> str:
+        from .report_html import report_fragment
+
+        return report_fragment(self)
 
 
 def _ms(q) -> tuple[float, float] | None:

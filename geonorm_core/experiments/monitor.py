@@ -65,7 +65,8 @@ from ..sources.adapter import Analyzer, check_backend, select_sites
 from ..sources.interop import unwrap
 
 # GeometryCallback is built on first use (module __getattr__), so that transformers is imported only then
-__all__ = ["GeometryMonitor", "Timeline", "GeometryCallback", "plot_timelines"]  # noqa: F822
+__all__ = ["GeometryCallback",  # noqa: F822
+           "GeometryMonitor", "Timeline", "plot_timelines", "timeline_figure"]
 
 TIMELINE_FORMAT = 1  # bump when Timeline.to_dict()'s layout changes
 
@@ -170,6 +171,16 @@ class Timeline(JsonFile):
     def plot(self, path: str | os.PathLike, *, label: str | None = None) -> str:
         """Write the training-geometry figure (see :func:`plot_timelines`) to ``path``; return it."""
         return plot_timelines({label or self.meta.get("model", "model"): self}, path)
+
+    def figure(self, *, label: str | None = None):
+        """The training-geometry figure of :func:`plot_timelines` as a matplotlib figure (not saved)."""
+        return timeline_figure({label or self.meta.get("model", "model"): self})
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: a row per recorded step (loss, angle, norm, gap) and the figure."""
+        from ..analysis.report_html import timeline_fragment
+
+        return timeline_fragment(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,9 +422,19 @@ _STYLES = ("-", "--", ":", "-.")
 
 def plot_timelines(timelines: Mapping[str, Timeline], path: str | os.PathLike, *,
                    title: str | None = None) -> str:
+    """Write :func:`timeline_figure` to ``path`` (PNG, or the format its suffix names); return ``path``."""
+    fig = timeline_figure(timelines, title=title)
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def timeline_figure(timelines: Mapping[str, Timeline], *, title: str | None = None):
     """One figure of norm-site geometry over training, for one or several runs; return ``path``.
 
-    Six panels against the training step, one line per layer (colour) and per run (line
+    Six panels against the training step, one line per layer (colour and marker) and per run (line
     style): the angle of the residual stream with **1** (mean over tokens; grey band: the
     random baseline 90° ± SD_null, G14); its SD over tokens (grey line: SD_null -- the SD is
     where a component along **1** shows, since a mean over tokens of either sign stays at 90°);
@@ -439,12 +460,15 @@ def plot_timelines(timelines: Mapping[str, Timeline], path: str | os.PathLike, *
     layers = sorted({layer for run in runs for series in run.values() for layer in series},
                     key=lambda layer: layer if isinstance(layer, tuple) else ("", layer))
     colors = {layer: _layer_color(i, len(layers)) for i, layer in enumerate(layers)}
+    # a marker per layer as well as a colour, so that layers read apart in greyscale
+    markers = {layer: "osD^vPX*"[i % 8] for i, layer in enumerate(layers)}
     dims = {int(r["d"]) for tl in timelines.values() for rep in tl.reports.values() for r in rep.layers()}
     for ti, (tl, run) in enumerate(zip(timelines.values(), runs)):
         style = _STYLES[ti % len(_STYLES)]
         for key, ax, col in panels:
             for layer, arrays in run[key].items():
-                ax.plot(arrays[0], arrays[col], style, color=colors[layer], lw=1.4)
+                ax.plot(arrays[0], arrays[col], style, color=colors[layer], lw=1.4, marker=markers[layer], ms=3.5,
+                        markevery=max(1, len(arrays[0]) // 8))
         steps, values = tl.scalar("loss")
         if steps.size:
             ax_loss.plot(steps, values, style, color="k", lw=1.0)
@@ -472,15 +496,14 @@ def plot_timelines(timelines: Mapping[str, Timeline], path: str | os.PathLike, *
 
     handles = [Line2D([], [], color="k", ls=_STYLES[i % len(_STYLES)], label=name)
                for i, name in enumerate(timelines)]
-    handles += [Line2D([], [], color=colors[layer], label=f"layer {layer}") for layer in layers]
+    handles += [Line2D([], [], color=colors[layer], marker=markers[layer], ms=4, label=f"layer {layer}")
+                for layer in layers]
     handles.append(Line2D([], [], color="0.45", lw=6, alpha=0.4,
                           label=f"random baseline ({dtext}): 90° ± SD_null; SD_null; E|cos θ|"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False)
     fig.suptitle(title or "Norm-site geometry during training: " + " vs ".join(timelines), fontsize=12)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    return fig
 
 
 def _layer_color(i: int, n: int):

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from ..runtime import __version__
+
 __all__ = ["model_and_batches", "progress"]
 
 
@@ -52,7 +54,7 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     else:
         batches = token_batches(body, tokenizer, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
     meta = {"model_name": model, "text": text or "default corpus", "seq_len": seq_len,
-            "batch_size": batch_size, "dtype": dtype, "device": device}
+            "batch_size": batch_size, "dtype": dtype, "device": device, "geonorm_version": __version__}
     return net, tokenizer, batches, meta
 
 
