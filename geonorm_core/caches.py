@@ -32,11 +32,12 @@ import numpy as np
 import torch
 
 from .adapter import Analyzer
+from .hook_names import HOOK_PAIRS
 from .report import Report
 
 __all__ = ["analyze_cache"]
 
-_PAIRS = ((".hook_in", ".hook_out"), (".input", ".output"))
+_PAIRS = HOOK_PAIRS  # one home for the hook-name rules: geonorm_core.hook_names
 
 
 def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask: Any = None,

@@ -1,0 +1,311 @@
+"""The activation stores users already have, read as norm sites: datasets/Arrow/parquet, HDF5, zarr.
+
+=================================  ====================================================================
+store                              sites
+=================================  ====================================================================
+a Hugging Face ``datasets`` folder  each float column of vectors (``Sequence(Value("float32"), length=d)``,
+(``save_to_disk``: SAELens's         a list, ``Array2D``/``Array3D``); 2-D/3-D rows are flattened to
+``CacheActivationsRunner``), a       rows of the last axis.  Columns of other types (``token_ids``) are
+folder of ``.arrow``/``.parquet``    left out and named in ``report.meta["left_out"]``.
+files, or one such file
+an HDF5 file (``.h5``, ``.hdf5``)    every float dataset of 2 or 3 dimensions, named by its path
+a zarr store (v2 or v3)              every float array of 2 or 3 dimensions, named by its path
+=================================  ====================================================================
+
+A site's rows are one :class:`ConcatShard` over the store's own pieces (Arrow record batches and
+files, parquet files, an HDF5 or zarr array), so blocks are cut exactly as for the same rows in one
+``.npy`` and the report is bitwise that of the ``.npy``.  Uncompressed Arrow buffers and contiguous
+HDF5 datasets are memory-mapped a block at a time (:class:`~.shards.FileShard`); chunked or compressed
+data is decoded block by block by its own library.
+
+Names are TransformerLens / SAELens hook names where they can be (:mod:`geonorm_core.hook_names`):
+the sites are then ordered by block and placed in layer and role; other names keep the store's
+order.  ``model=`` attaches the matching norms' gain, bias and eps (:func:`attach_model`).
+
+The libraries are an optional extra: ``pip install "geonorm[stores]"``.
+"""
+from __future__ import annotations
+
+import bisect
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..hook_names import HOOK_PAIRS, place_hook
+from .shards import DEFAULT_EPS, ActivationSite, DumpError, Shard
+
+__all__ = ["STORE_EXTRA", "Column", "ConcatShard", "UnknownSiteError", "attach_model", "need", "open_store",
+           "select_sites", "store_kind"]
+
+STORE_EXTRA = 'pip install "geonorm[stores]"'
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
+ARROW_SUFFIXES = (".arrow", ".parquet", ".feather")
+
+
+class UnknownSiteError(DumpError):
+    """``sites=`` names a site (column, dataset, array) the source does not have: a usage error."""
+
+
+def need(module: str, what: str) -> Any:
+    """Import an optional library, or fail with one line that names the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"reading {what} needs the {module} package: {STORE_EXTRA}") from None
+
+
+@dataclass
+class Column:
+    """One named array of a store: its rows as a shard, or why it is left out."""
+
+    name: str
+    shard: Shard | None
+    why: str = ""
+
+
+class ConcatShard(Shard):
+    """Rows of several shards end to end (a store's record batches, files, chunks) as one shard.
+
+    A read inside one part is that part's read (a memory map, no copy); a read across parts
+    is assembled in one new block.
+    """
+
+    def __init__(self, path: str | os.PathLike, parts: Sequence[Shard]) -> None:
+        self.path, self.parts = Path(path), [s for s in parts if s.rows] or list(parts[:1])
+        self.d, self.dtype = int(self.parts[0].d), np.dtype(self.parts[0].dtype)
+        for s in self.parts:
+            if (s.d, s.dtype) != (self.d, self.dtype):
+                raise DumpError(s.path, f"has rows of d={s.d} {s.dtype}, the parts before it d={self.d} "
+                                        f"{self.dtype}")
+        self.starts = np.cumsum([0] + [s.rows for s in self.parts]).tolist()
+        self.rows = self.starts[-1]
+
+    def _pieces(self, start: int, stop: int) -> list[tuple[Shard, int, int, int]]:
+        out = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while start < stop and i < len(self.parts):
+            lo = self.starts[i]
+            hi = min(stop, self.starts[i + 1])
+            if hi > start:
+                out.append((self.parts[i], start - lo, hi - lo, start))
+            start = max(start, hi)
+            i += 1
+        return out
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        self._check_range(start, stop)
+        pieces = self._pieces(start, stop)
+        if len(pieces) == 1:
+            part, a, b, _ = pieces[0]
+            return part.read(a, b)
+        out = np.empty((stop - start, self.d), self.dtype)
+        for part, a, b, at in pieces:
+            out[at - start:at - start + b - a] = part.read(a, b)
+        return out
+
+    def prefetch(self, start: int, stop: int) -> None:
+        for part, a, b, _ in self._pieces(start, stop):
+            part.prefetch(a, b)
+
+    def release(self) -> None:
+        for part in self.parts:
+            part.release()
+
+
+def store_kind(path: Path) -> str | None:
+    """``"arrow"``, ``"hdf5"`` or ``"zarr"`` for a store this module reads, else None."""
+    suffix = path.suffix.lower()
+    if path.is_file():
+        if suffix in HDF5_SUFFIXES:
+            return "hdf5"
+        if suffix in ARROW_SUFFIXES:
+            return "arrow"
+        return None
+    if not path.is_dir():
+        return None
+    if suffix == ".zarr" or any((path / f).is_file() for f in ("zarr.json", ".zgroup", ".zarray")):
+        return "zarr"
+    if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+        return "arrow"
+    from .arrow_store import arrow_files
+
+    return "arrow" if arrow_files(path, strict=False) else None
+
+
+def _reader(kind: str) -> Callable[[Path], tuple[list[Column], dict]]:
+    if kind == "arrow":
+        from .arrow_store import arrow_columns
+
+        return arrow_columns
+    if kind == "hdf5":
+        from .hdf5_store import hdf5_columns
+
+        return hdf5_columns
+    from .zarr_store import zarr_columns
+
+    return zarr_columns
+
+
+def open_store(path: str | os.PathLike, sites: Sequence[str] | None = None) -> list[ActivationSite]:
+    """Open an Arrow/parquet/datasets, HDF5 or zarr store as norm sites (see the module docstring).
+
+    Parameters
+    ----------
+    path : the store (a file or a folder).
+    sites : names of the columns/datasets/arrays to read (default: every float one of 2 or 3 dims).
+
+    Raises
+    ------
+    UnknownSiteError
+        A name of ``sites`` that the store does not have.
+    DumpError
+        A store with no float data, a selected array that is not float vectors, ragged lists, a
+        truncated or corrupt file: the message names the file and the problem.
+    ImportError
+        The library the store needs is not installed (the message names the extra).
+    """
+    p = Path(path)
+    kind = store_kind(p)
+    if kind is None:
+        raise DumpError(p, "not an Arrow/parquet/datasets, HDF5 or zarr store")
+    columns, extra = _reader(kind)(p)
+    by_name = {c.name: c for c in columns}
+    if sites is not None:
+        missing = [s for s in sites if s not in by_name]
+        if missing:
+            raise UnknownSiteError(p, f"has no {', '.join(map(repr, missing))}; it has "
+                                      f"{', '.join(map(repr, by_name)) or 'nothing'}")
+        chosen = [by_name[s] for s in dict.fromkeys(sites)]
+        bad = [c for c in chosen if c.shard is None]
+        if bad:
+            raise DumpError(p, "; ".join(f"{c.name!r} {c.why}" for c in bad))
+    else:
+        chosen = [c for c in columns if c.shard is not None]
+        if not chosen:
+            why = "; ".join(f"{c.name!r} {c.why}" for c in columns) or "it is empty"
+            raise DumpError(p, f"holds no float data of 2 or 3 dimensions ({why})")
+    left_out = [f"{c.name}: {c.why}" for c in columns if c not in chosen]
+    report_meta = {"model": p.name, "source": str(p), "format": kind, **extra, "left_out": left_out}
+    out = _paired(p, chosen, report_meta)
+    if not any(s.rows for s in out):
+        raise DumpError(p, "holds no rows")
+    return out
+
+
+def _paired(root: Path, chosen: list[Column], report_meta: dict) -> list[ActivationSite]:
+    """Sites from columns: a norm's ``.hook_in``/``.hook_out`` pair is one site with both sides."""
+    names = {c.name: c for c in chosen}
+    taken: set[str] = set()
+    entries = []
+    for c in chosen:
+        if c.name in taken:
+            continue
+        post = None
+        for i, o in HOOK_PAIRS:
+            other = names.get(c.name[:-len(i)] + o) if c.name.endswith(i) else None
+            if other is not None and (other.shard.rows, other.shard.d) == (c.shard.rows, c.shard.d):
+                post = other
+                taken.add(other.name)
+                break
+        taken.add(c.name)
+        entries.append((c, post))
+    sites = []
+    for c, post in entries:
+        name = c.name[:c.name.rindex(".")] if post is not None else c.name
+        meta = {"name": name, "layer": None, "role": None, "kind": "unknown", "d": c.shard.d, "eps": DEFAULT_EPS,
+                "has_gain": False, "has_bias": False, "stack": None, "source": str(root), "column": c.name}
+        sites.append(ActivationSite(name=name, meta=meta, hidden=[c.shard],
+                                    post=[post.shard] if post is not None else None, report_meta=report_meta))
+    return place_sites(sites)
+
+
+def place_sites(sites: list[ActivationSite], n_layers: int | None = None) -> list[ActivationSite]:
+    """Give hook-named sites their layer and role, and order them by block (others keep their order).
+
+    Two sites that would be the same norm's input (``blocks.2.hook_resid_post`` and
+    ``blocks.3.hook_resid_pre``) keep both, and the role goes to the one named for that norm.
+    """
+    places = {s.name: place_hook(s.meta.get("column", s.name), n_layers) for s in sites}
+    claimed: set[tuple] = set()
+    for second_pass in (False, True):  # resid_post only claims a norm no direct hook names
+        for s in sites:
+            pl = places[s.name]
+            if pl is None or pl.role is None:
+                continue
+            if s.meta.get("column", "").endswith("hook_resid_post") != second_pass:
+                continue
+            key = (pl.layer, pl.role)
+            s.meta["layer"], s.meta["role"] = (pl.layer, pl.role) if key not in claimed else (pl.layer, None)
+            claimed.add(key)
+    for s in sites:
+        pl = places[s.name]
+        if pl is not None and pl.role is None:
+            s.meta["layer"], s.meta["role"] = pl.layer, None
+    known = sorted((s for s in sites if places[s.name] is not None), key=lambda s: places[s.name].order)
+    return known + [s for s in sites if places[s.name] is None]
+
+
+def select_sites(sites: list[ActivationSite], names: Sequence[str] | None, path: Any) -> list[ActivationSite]:
+    """The sites named by ``names`` (all when None), in the source's order; a missing name is an error."""
+    if names is None:
+        return sites
+    have = {s.name: s for s in sites}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise UnknownSiteError(path, f"has no site {', '.join(map(repr, missing))}; it has "
+                                     f"{', '.join(map(repr, have))}")
+    wanted = set(names)
+    return [s for s in sites if s.name in wanted]
+
+
+def attach_model(sites: list[ActivationSite], model: Any) -> list[ActivationSite]:
+    """Give each hook-named site the gain, bias and eps of the model's norm whose input it is.
+
+    A site is matched by the (layer, role) its hook name places it at (:mod:`geonorm_core.hook_names`;
+    with the model's block count, the last ``hook_resid_post`` is the final norm's input) to the norm
+    :func:`~geonorm_core.sites.find_norm_sites` finds at that (layer, role).  Sites that match no norm
+    keep unit gain and no bias.
+
+    Parameters
+    ----------
+    model : a model name or path (:func:`geonorm_core.models.load_model`) or a loaded torch model.
+
+    Raises
+    ------
+    ValueError
+        When a matched norm's d differs from the site's rows, or no site matches a norm.
+    """
+    from ..sites import find_norm_sites
+
+    label = model if isinstance(model, str) else type(model).__name__
+    if isinstance(model, (str, os.PathLike)):
+        from ..models import load_model
+
+        model, _ = load_model(str(model))
+    norms = [n for n in find_norm_sites(model) if n.stack is None]
+    layers = [n.layer for n in norms if n.layer is not None]
+    sites = place_sites(sites, max(layers) + 1 if layers else None)
+    by_place = {(n.layer, n.role): n for n in norms}
+    matched = 0
+    for s in sites:
+        norm = by_place.get((s.meta.get("layer"), s.meta.get("role"))) if s.meta.get("role") else None
+        if norm is None:
+            continue
+        if norm.d != s.d:
+            raise ValueError(f"model: {label}'s {norm.name} normalizes d={norm.d}, but the rows of "
+                             f"{s.name!r} have d={s.d}: not the model this store came from")
+        s.gain, s.bias, s.eps = norm.gain, norm.bias, float(norm.eps)
+        s.meta.update(kind=norm.kind, eps=float(norm.eps), has_gain=norm.gain is not None,
+                      has_bias=norm.bias is not None, norm=norm.name)
+        matched += 1
+    if not matched:
+        raise ValueError(f"model: no site of the store is the input of a norm of {label} (its sites: "
+                         f"{', '.join(s.name for s in sites[:4])}...; hook names such as "
+                         f"blocks.L.hook_resid_pre are matched)")
+    for s in sites:
+        s.report_meta = {**s.report_meta, "model": str(label), "norms_from": str(label)}
+    return sites

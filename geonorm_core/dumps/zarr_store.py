@@ -1,0 +1,88 @@
+"""zarr stores (format 2 and 3): every float array of 2 or 3 dimensions is a site, named by its path.
+
+Rows are read through zarr a block at a time (``array[a:b]``): zarr reads and decompresses only the
+chunks the block touches.  A 3-D array ``(sequences, positions, d)`` is rows of ``d``.  A chunk that
+cannot be read or decompressed is an error naming the array; a chunk that is *absent* is, by zarr's
+own rules, the array's fill value (zarr writes no chunk that is all fill value).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .formats import _READABLE
+from .shards import DumpError, Shard
+from .stores import Column, ConcatShard, need
+
+__all__ = ["ZarrShard", "zarr_columns"]
+
+
+def _open(path: Path) -> Any:
+    zarr = need("zarr", "zarr stores")
+    try:
+        return zarr.open(store=str(path), mode="r")
+    except Exception as exc:  # noqa: BLE001 -- zarr's complaint about bad metadata: name the store
+        raise DumpError(path, f"is not a readable zarr store: {type(exc).__name__}: {exc}") from None
+
+
+class ZarrShard(Shard):
+    """Rows of a zarr array; opened lazily where it is read (pickles small, for Dask)."""
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.name, self.shape = Path(path), name, tuple(int(s) for s in shape)
+        self.d = self.shape[-1]
+        self.per = math.prod(self.shape[1:-1])
+        self.rows, self.dtype = self.shape[0] * self.per, np.dtype(dtype).newbyteorder("=")
+        self._array: Any = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        self._check_range(start, stop)
+        if start == stop:
+            return np.empty((0, self.d), self.dtype)
+        a, b = start // self.per, -(-stop // self.per)
+        if self._array is None:
+            root = _open(self.path)
+            self._array = root if not self.name else root[self.name]
+        try:
+            block = np.asarray(self._array[a:b])
+        except Exception as exc:  # noqa: BLE001 -- a codec's or store's complaint about a chunk
+            raise DumpError(self.path, f"array {self.name or '/'!r}, rows [{start}, {stop}): a chunk cannot be "
+                                       f"read: {type(exc).__name__}: {exc}") from None
+        rows = block.reshape(-1, self.d)[start - a * self.per:stop - a * self.per]
+        return rows.astype(self.dtype, copy=False)
+
+    def release(self) -> None:
+        self._array = None
+
+
+def zarr_columns(path: Path) -> tuple[list[Column], dict]:
+    """The arrays of a zarr store (a group's arrays at any depth, by path; or the one array)."""
+    root = _open(path)
+    fmt = getattr(getattr(root, "metadata", None), "zarr_format", None)
+    if hasattr(root, "members"):
+        try:
+            items = [(name, obj) for name, obj in root.members(max_depth=None) if not hasattr(obj, "members")]
+        except Exception as exc:  # noqa: BLE001
+            raise DumpError(path, f"cannot be walked: {type(exc).__name__}: {exc}") from None
+    else:
+        items = [("", root)]
+    columns = []
+    for name, arr in items:
+        label = name or path.name
+        dtype, shape = np.dtype(arr.dtype), tuple(arr.shape)
+        if dtype.kind != "f" or dtype.newbyteorder("=") not in _READABLE:
+            columns.append(Column(label, None, f"holds {dtype}, not float16/32/64"))
+        elif len(shape) not in (2, 3):
+            columns.append(Column(label, None, f"is {len(shape)}-D {shape}; geonorm reads 2-D (rows, d) and 3-D "
+                                               f"(sequences, positions, d)"))
+        elif shape[-1] < 1:
+            columns.append(Column(label, None, f"has shape {shape}: d must be >= 1"))
+        else:
+            columns.append(Column(label, ConcatShard(path, [ZarrShard(path, name, shape, dtype)])))
+    return columns, {"files": 1, "store": f"zarr v{fmt}" if fmt else "zarr"}
