@@ -53,7 +53,8 @@ def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]
         step = max(1, len(rows) // 15)
         ax.set_xticks(x[::step], ticks[::step])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[1]:  # hidden-only sources (no post rows) may plot no labelled line
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, name)
         fig.savefig(path, dpi=120)

@@ -126,8 +126,8 @@ FLOORS = {
     "measurement": ("measure", "measure_torch"),
     "accumulators": ("accumulate",),
     "report": ("report", "figures"),
-    "sources": ("sites", "adapter", "checkpoint", "interop", "caches", "loading", "models", "whisper", "ct2",
-                "corpus", "dumps", "dask"),
+    "sources": ("sites", "adapter", "checkpoint", "interop", "caches", "hook_names", "loading", "models", "whisper",
+                "ct2", "corpus", "dumps", "dask"),
     "experiments": ("swap", "monitor", "convert", "workload", "bench"),
     "cli": ("cli", ""),  # "": the package's facade, geonorm_core/__init__.py, which re-exports every floor
 }

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .columns import Column, ConcatShard, need
 from .shards import DumpError, FileShard, Shard
-from .stores import Column, ConcatShard, need
 
 __all__ = ["arrow_columns", "arrow_files"]
 
@@ -135,14 +136,23 @@ def arrow_columns(root: Path) -> tuple[list[Column], dict]:
             raise DumpError(f, f"has columns {names}, but {files[0].name} has {order}: every file of a store "
                                f"must hold the same columns")
         for name, shards in file_parts.items():
+            if isinstance(parts.get(name), DumpError):
+                continue
+            if isinstance(shards, DumpError):
+                parts[name] = shards
+                continue
             parts.setdefault(name, []).extend(shards)
     columns = []
     for name in order or []:
         if name in why:
             columns.append(Column(name, None, why[name]))
             continue
-        shard = ConcatShard(root, parts[name])
-        columns.append(Column(name, shard))
+        try:
+            if isinstance(parts[name], DumpError):
+                raise parts[name]
+            columns.append(Column(name, ConcatShard(root, parts[name])))
+        except DumpError as exc:  # vectors of different lengths in different files: ragged too
+            columns.append(Column(name, None, exc.problem, error=exc))
     fmt = "parquet" if files and files[0].suffix.lower() == ".parquet" else "arrow"
     return columns, {"files": len(files), "store": "datasets" if (root / "state.json").is_file() else fmt}
 
@@ -165,14 +175,23 @@ def _ipc_file(pa: Any, f: Path) -> tuple[list[str], dict[str, str], dict[str, li
         good = [(i, n) for i, n in enumerate(names) if n not in why]
         parts: dict[str, list[Shard]] = {n: [] for _, n in good}
         d_of: dict[str, int] = {}
+        errors: dict[str, DumpError] = {}
         for batch in batches:
             for i, name in good:
-                values, sizes = _flatten(pa, batch.column(i), f, name)
+                if name in errors:
+                    continue
+                try:
+                    values, sizes = _flatten(pa, batch.column(i), f, name)
+                except DumpError as exc:  # an error if this column is read, and only then
+                    errors[name] = exc
+                    continue
                 if batch.num_rows == 0:
                     continue
                 d = sizes[-1]
                 if d_of.setdefault(name, d) != d:
-                    raise DumpError(f, f"column {name!r} is ragged: vectors of {d_of[name]} and {d} values")
+                    errors[name] = DumpError(f, f"column {name!r} is ragged: vectors of {d_of[name]} and {d} "
+                                                f"values")
+                    continue
                 rows = batch.num_rows * math.prod(sizes[:-1])
                 buf = values.buffers()[1]
                 dtype = np.dtype(values.type.to_pandas_dtype())
@@ -183,6 +202,8 @@ def _ipc_file(pa: Any, f: Path) -> tuple[list[str], dict[str, str], dict[str, li
                 if rows:
                     parts[name].append(FileShard(f, offset, rows, d, dtype))
         del whole, reader, batches
+    for name, exc in errors.items():
+        parts[name] = exc
     return names, why, parts
 
 
@@ -195,12 +216,20 @@ class ParquetShard(Shard):
     def __init__(self, path: Path, column: str, group_rows: list[int], d: int, dtype: np.dtype) -> None:
         self.path, self.column, self.group_rows = Path(path), column, list(group_rows)  # token rows per group
         self.rows, self.d, self.dtype = int(sum(group_rows)), int(d), np.dtype(dtype)
-        self._it: Any = None
-        self._pos = 0
-        self._pending: np.ndarray | None = None
+        self._local = threading.local()  # the stream's place, per thread (Dask's threads share shards)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_it": None, "_pos": 0, "_pending": None}
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _state(self) -> Any:
+        st = self._local
+        if not hasattr(st, "it"):
+            st.it, st.pos, st.pending = None, 0, None
+        return st
 
     def _restart(self, start: int) -> None:
         pq = need("pyarrow.parquet", "parquet stores")
@@ -209,15 +238,16 @@ class ParquetShard(Shard):
         pf = pq.ParquetFile(str(self.path), buffer_size=1 << 20)
         per_row = max(1, self.d * self.dtype.itemsize * max(1, self.rows // max(1, pf.metadata.num_rows)))
         batch = max(1, min(_PARQUET_BATCH, _PARQUET_BATCH_BYTES // per_row))
-        self._it = pf.iter_batches(batch_size=batch, row_groups=list(range(g, len(self.group_rows))),
-                                   columns=[self.column], use_threads=False)
-        self._pos, self._pending = starts[g], None
+        st = self._state()
+        st.it = pf.iter_batches(batch_size=batch, row_groups=list(range(g, len(self.group_rows))),
+                                columns=[self.column], use_threads=False)
+        st.pos, st.pending = starts[g], None
 
     def _next(self) -> np.ndarray:
         import pyarrow as pa
 
         try:
-            batch = next(self._it)
+            batch = next(self._state().it)
         except StopIteration:
             raise DumpError(self.path, f"column {self.column!r} ends before its {self.rows} rows") from None
         except (OSError, pa.ArrowException) as exc:
@@ -230,30 +260,32 @@ class ParquetShard(Shard):
 
     def read(self, start: int, stop: int) -> np.ndarray:
         self._check_range(start, stop)
-        if self._it is None or start < self._pos:
+        st = self._state()
+        if st.it is None or start < st.pos:
             self._restart(start)
         out = np.empty((stop - start, self.d), self.dtype)
         at = start
         while at < stop:
-            if self._pending is None or len(self._pending) == 0:
-                self._pending = self._next()
+            if st.pending is None or len(st.pending) == 0:
+                st.pending = self._next()
                 continue
-            n = len(self._pending)
-            if self._pos + n <= at:  # a batch wholly before the range
-                self._pos += n
-                self._pending = None
+            n = len(st.pending)
+            if st.pos + n <= at:  # a batch wholly before the range
+                st.pos += n
+                st.pending = None
                 continue
-            skip = at - self._pos
+            skip = at - st.pos
             take = min(n - skip, stop - at)
-            out[at - start:at - start + take] = self._pending[skip:skip + take]
+            out[at - start:at - start + take] = st.pending[skip:skip + take]
             at += take
-            self._pending = self._pending[skip + take:]
-            self._pos = at
+            st.pending = st.pending[skip + take:]
+            st.pos = at
         return out
 
     def release(self) -> None:
-        self._it = self._pending = None
-        self._pos = 0
+        st = self._state()
+        st.it = st.pending = None
+        st.pos = 0
 
 
 def _parquet_file(pa: Any, f: Path) -> tuple[list[str], dict[str, str], dict[str, list[Shard]]]:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .columns import Column, ConcatShard, natural_key, need
 from .formats import _READABLE
 from .shards import DumpError, FileShard, Shard
-from .stores import Column, ConcatShard, need
 
 __all__ = ["Hdf5Shard", "hdf5_columns"]
 
@@ -77,7 +77,7 @@ def hdf5_columns(path: Path) -> tuple[list[Column], dict]:
         raise DumpError(path, f"cannot be walked (truncated or corrupt?): {exc}") from None
     finally:
         f.close()
-    return columns, {"files": 1, "store": "hdf5"}
+    return sorted(columns, key=lambda c: natural_key(c.name)), {"files": 1, "store": "hdf5"}
 
 
 def _column(path: Path, name: str, ds: Any, size: int) -> Column:

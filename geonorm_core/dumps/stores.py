@@ -26,94 +26,23 @@ The libraries are an optional extra: ``pip install "geonorm[stores]"``.
 """
 from __future__ import annotations
 
-import bisect
-import importlib
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import Any
 
 from ..hook_names import HOOK_PAIRS, place_hook
-from .shards import DEFAULT_EPS, ActivationSite, DumpError, Shard
+from .columns import Column
+from .shards import DEFAULT_EPS, ActivationSite, DumpError
 
-__all__ = ["STORE_EXTRA", "Column", "ConcatShard", "UnknownSiteError", "attach_model", "need", "open_store",
-           "select_sites", "store_kind"]
+__all__ = ["UnknownSiteError", "attach_model", "open_store", "place_sites", "select_sites", "store_kind"]
 
-STORE_EXTRA = 'pip install "geonorm[stores]"'
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
 ARROW_SUFFIXES = (".arrow", ".parquet", ".feather")
 
 
 class UnknownSiteError(DumpError):
     """``sites=`` names a site (column, dataset, array) the source does not have: a usage error."""
-
-
-def need(module: str, what: str) -> Any:
-    """Import an optional library, or fail with one line that names the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"reading {what} needs the {module} package: {STORE_EXTRA}") from None
-
-
-@dataclass
-class Column:
-    """One named array of a store: its rows as a shard, or why it is left out."""
-
-    name: str
-    shard: Shard | None
-    why: str = ""
-
-
-class ConcatShard(Shard):
-    """Rows of several shards end to end (a store's record batches, files, chunks) as one shard.
-
-    A read inside one part is that part's read (a memory map, no copy); a read across parts
-    is assembled in one new block.
-    """
-
-    def __init__(self, path: str | os.PathLike, parts: Sequence[Shard]) -> None:
-        self.path, self.parts = Path(path), [s for s in parts if s.rows] or list(parts[:1])
-        self.d, self.dtype = int(self.parts[0].d), np.dtype(self.parts[0].dtype)
-        for s in self.parts:
-            if (s.d, s.dtype) != (self.d, self.dtype):
-                raise DumpError(s.path, f"has rows of d={s.d} {s.dtype}, the parts before it d={self.d} "
-                                        f"{self.dtype}")
-        self.starts = np.cumsum([0] + [s.rows for s in self.parts]).tolist()
-        self.rows = self.starts[-1]
-
-    def _pieces(self, start: int, stop: int) -> list[tuple[Shard, int, int, int]]:
-        out = []
-        i = bisect.bisect_right(self.starts, start) - 1
-        while start < stop and i < len(self.parts):
-            lo = self.starts[i]
-            hi = min(stop, self.starts[i + 1])
-            if hi > start:
-                out.append((self.parts[i], start - lo, hi - lo, start))
-            start = max(start, hi)
-            i += 1
-        return out
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        self._check_range(start, stop)
-        pieces = self._pieces(start, stop)
-        if len(pieces) == 1:
-            part, a, b, _ = pieces[0]
-            return part.read(a, b)
-        out = np.empty((stop - start, self.d), self.dtype)
-        for part, a, b, at in pieces:
-            out[at - start:at - start + b - a] = part.read(a, b)
-        return out
-
-    def prefetch(self, start: int, stop: int) -> None:
-        for part, a, b, _ in self._pieces(start, stop):
-            part.prefetch(a, b)
-
-    def release(self) -> None:
-        for part in self.parts:
-            part.release()
 
 
 def store_kind(path: Path) -> str | None:
@@ -181,9 +110,14 @@ def open_store(path: str | os.PathLike, sites: Sequence[str] | None = None) -> l
                                       f"{', '.join(map(repr, by_name)) or 'nothing'}")
         chosen = [by_name[s] for s in dict.fromkeys(sites)]
         bad = [c for c in chosen if c.shard is None]
+        if any(c.error for c in bad):
+            raise next(c.error for c in bad if c.error)
         if bad:
             raise DumpError(p, "; ".join(f"{c.name!r} {c.why}" for c in bad))
     else:
+        broken = [c.error for c in columns if c.error is not None]
+        if broken:
+            raise broken[0]
         chosen = [c for c in columns if c.shard is not None]
         if not chosen:
             why = "; ".join(f"{c.name!r} {c.why}" for c in columns) or "it is empty"
@@ -229,14 +163,15 @@ def place_sites(sites: list[ActivationSite], n_layers: int | None = None) -> lis
     Two sites that would be the same norm's input (``blocks.2.hook_resid_post`` and
     ``blocks.3.hook_resid_pre``) keep both, and the role goes to the one named for that norm.
     """
-    places = {s.name: place_hook(s.meta.get("column", s.name), n_layers) for s in sites}
+    # a store's path prefix (an HDF5 group, a zarr group) does not change what a hook name says
+    places = {s.name: place_hook(s.meta.get("column", s.name).rsplit("/", 1)[-1], n_layers) for s in sites}
     claimed: set[tuple] = set()
     for second_pass in (False, True):  # resid_post only claims a norm no direct hook names
         for s in sites:
             pl = places[s.name]
             if pl is None or pl.role is None:
                 continue
-            if s.meta.get("column", "").endswith("hook_resid_post") != second_pass:
+            if s.meta.get("column", s.name).endswith("hook_resid_post") != second_pass:
                 continue
             key = (pl.layer, pl.role)
             s.meta["layer"], s.meta["role"] = (pl.layer, pl.role) if key not in claimed else (pl.layer, None)

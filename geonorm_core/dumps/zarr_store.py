@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .columns import Column, ConcatShard, natural_key, need
 from .formats import _READABLE
 from .shards import DumpError, Shard
-from .stores import Column, ConcatShard, need
 
 __all__ = ["ZarrShard", "zarr_columns"]
 
@@ -67,7 +67,8 @@ def zarr_columns(path: Path) -> tuple[list[Column], dict]:
     fmt = getattr(getattr(root, "metadata", None), "zarr_format", None)
     if hasattr(root, "members"):
         try:
-            items = [(name, obj) for name, obj in root.members(max_depth=None) if not hasattr(obj, "members")]
+            items = sorted(((name, obj) for name, obj in root.members(max_depth=None)
+                            if not hasattr(obj, "members")), key=lambda item: natural_key(item[0]))
         except Exception as exc:  # noqa: BLE001
             raise DumpError(path, f"cannot be walked: {type(exc).__name__}: {exc}") from None
     else:
