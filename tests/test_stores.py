@@ -345,3 +345,22 @@ def test_a_missing_library_names_the_extra(tmp_path, monkeypatch, capsys):
     assert cli.main(["analyze-dump", str(tmp_path / "a.h5"), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "geonorm[stores]" in err[0]
+
+
+def test_the_command_line_takes_the_model_a_store_came_from(tmp_path, capsys):
+    from tests.tiny_models import tiny
+
+    tiny("gpt2").save_pretrained(tmp_path / "gpt2")
+    rows = np.random.default_rng(1).standard_normal((2, 40, 48)).astype(np.float32)
+    with h5py.File(tmp_path / "tl.h5", "w") as f:
+        f["blocks.1.hook_resid_mid"], f["blocks.1.hook_resid_post"] = rows, rows[..., :32]
+    out = str(tmp_path / "rep")
+    assert cli.main(["analyze-dump", str(tmp_path / "tl.h5"), "--model", str(tmp_path / "gpt2"),
+                     "--sites", "blocks.1.hook_resid_mid", "--out", out]) == 0
+    site = json.loads((tmp_path / "rep" / "report.json").read_text())["sites"]["blocks.1.hook_resid_mid"]
+    assert site["meta"]["norm"] == "transformer.h.1.ln_2" and site["meta"]["has_gain"]
+    capsys.readouterr()
+    # the last block's resid_post feeds the final norm (d=48), and these rows have d=32
+    assert cli.main(["analyze-dump", str(tmp_path / "tl.h5"), "--model", str(tmp_path / "gpt2"), "--out", out]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and "transformer.ln_f normalizes d=48" in err[0] and "d=32" in err[0], err
