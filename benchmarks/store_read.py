@@ -16,8 +16,10 @@ that writes them in real life:
   same uncompressed.
 
 Each store is read, in one process and alternating, by ``raw`` (every file of the store,
-``readinto`` 8 MiB chunks: the bandwidth probe, dump_read.py's) and by ``analyze_dump`` (default
-settings).  Warm: in the page cache; cold: every file dropped (``posix_fadvise(DONTNEED)``) before
+``readinto`` 8 MiB chunks: the bandwidth probe, dump_read.py's), by ``npy`` (analyze_dump of the same
+number of rows as one ``.npy`` per site: geonorm's plainest path) and by ``analyze_dump`` of the store
+(default settings); ``compute only`` is analyze_dump of the rows already in RAM (the kernels' ceiling,
+whatever the storage: on a small shared machine it, not the disk, is the limit).  Warm: in the page cache; cold: every file dropped (``posix_fadvise(DONTNEED)``) before
 each run.  Reported: medians over ``--repeats`` and the ratio raw time / analyze time.
 
 Memory: a fresh process per store kind records VmHWM after its imports and after analyze_dump
@@ -39,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dump_read import RAW_CHUNK, drop_cache, raw_read  # noqa: E402  (the same probes as for dumps)
+from dump_read import RAW_CHUNK, drop_cache, raw_read  # the same probes as for dumps
 
 KINDS = ("arrow", "parquet", "hdf5", "hdf5-chunked", "hdf5-gzip", "zarr", "zarr-raw")
 CTX = 128
@@ -108,38 +110,95 @@ def store_files(path: Path) -> list[Path]:
     return sorted(f for f in path.rglob("*") if f.is_file())
 
 
+class _RamShard:
+    """Rows already in memory: what analyze_dump's compute costs with no I/O at all."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows_array = rows
+        self.rows, self.d, self.dtype = rows.shape[0], rows.shape[1], rows.dtype
+        self.path, self.sha256, self.segments = Path("ram"), None, None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.rows_array[start:stop]
+
+    def prefetch(self, start: int, stop: int) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def _baselines(gb: float, d: int, workdir: Path) -> tuple[Path, list]:
+    """The same number of rows as one .npy per site (geonorm's plainest path), and in RAM."""
+    pool = _pool(d)
+    seqs = max(64, int(gb * 1e9 / (len(HOOKS) * CTX * d * 4)) // 64 * 64)
+    root = workdir / "npy"
+    root.mkdir()
+    for k, h in enumerate(HOOKS):
+        a = np.lib.format.open_memmap(root / f"{h}.npy", mode="w+", dtype=np.float32, shape=(seqs * CTX, d))
+        for i in range(0, seqs, 64):
+            a[i * CTX:(i + 64) * CTX] = np.roll(pool, k, axis=0).reshape(-1, d)
+        a.flush()
+        del a
+    import geonorm_core as gn
+
+    ram = []
+    for f in sorted(root.iterdir()):
+        (site,) = gn.open_activations(f)
+        site.hidden = [_RamShard(np.load(f))]
+        ram.append(site)
+    return root, ram
+
+
 def throughput(kinds: list[str], gb: float, d: int, repeats: int, workdir: Path) -> list[dict]:
     import geonorm_core as gn
 
     out = []
     buf = bytearray(RAW_CHUNK)
+    npy, ram = _baselines(gb, d, workdir)
+    npy_files = store_files(npy)
+
+    def read_npy() -> None:
+        for f in npy_files:
+            gn.analyze_dump(f)
+
+    t = time.perf_counter()
+    gn.analyze_dump(ram)
+    compute = time.perf_counter() - t
+    del ram
     for kind in kinds:
         path = write_store(kind, workdir / kind, gb, d)
         files = store_files(path)
         nbytes = sum(f.stat().st_size for f in files)
         gn.analyze_dump(path)  # first read: imports, page cache
         row: dict = {"kind": kind, "gb": nbytes / 1e9, "files": len(files)}
+        runs = {"raw": lambda files=files: raw_read(files, buf), "npy": read_npy,
+                "analyze_dump": lambda path=path: gn.analyze_dump(path)}
         for cache in ("warm", "cold"):
-            times: dict[str, list[float]] = {"raw": [], "analyze_dump": []}
+            times: dict[str, list[float]] = {k: [] for k in runs}
             for _ in range(repeats):
-                for name in times:  # alternating, so drift hits both alike
+                for name, run in runs.items():  # alternating, so drift hits all alike
+                    mine = npy_files if name == "npy" else files
                     if cache == "cold":
-                        drop_cache(files)
+                        drop_cache(mine)
                     else:
-                        raw_read(files, buf)
+                        raw_read(mine, buf)
                     t = time.perf_counter()
-                    if name == "raw":
-                        raw_read(files, buf)
-                    else:
-                        gn.analyze_dump(path)
+                    run()
                     times[name].append(time.perf_counter() - t)
             med = {k: statistics.median(v) for k, v in times.items()}
             row[cache] = {k: {"s": s, "GB/s": nbytes / 1e9 / s} for k, s in med.items()}
             row[cache]["analyze_dump"]["ratio_to_raw"] = med["raw"] / med["analyze_dump"]
+            row[cache]["analyze_dump"]["ratio_to_npy"] = med["npy"] / med["analyze_dump"]
+        row["compute_only_s"] = compute
         out.append(row)
-        print(f"{kind:13s} {row['gb']:.2f} GB {len(files):4d} files   " + "   ".join(
-            f"{c}: raw {row[c]['raw']['GB/s']:5.2f} GB/s, analyze {row[c]['analyze_dump']['GB/s']:5.2f} GB/s, "
-            f"ratio {row[c]['analyze_dump']['ratio_to_raw']:.2f}" for c in ("warm", "cold")), flush=True)
+        print(f"{kind:13s} {row['gb']:.2f} GB {len(files):4d} files; compute only {nbytes / 1e9 / compute:5.2f} GB/s",
+              flush=True)
+        for c in ("warm", "cold"):
+            r = row[c]
+            print(f"    {c}: raw {r['raw']['GB/s']:5.2f} GB/s, same rows as .npy {r['npy']['GB/s']:5.2f} GB/s, "
+                  f"store {r['analyze_dump']['GB/s']:5.2f} GB/s; store/raw {r['analyze_dump']['ratio_to_raw']:.2f}, "
+                  f"store/npy {r['analyze_dump']['ratio_to_npy']:.2f}", flush=True)
         if kind != "arrow":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return out

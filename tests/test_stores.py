@@ -18,8 +18,8 @@ import pytest
 
 import geonorm_core as gn
 from geonorm_core import cli
-from geonorm_core.dumps.shards import DumpError, FileShard
 from geonorm_core.dumps.columns import ConcatShard
+from geonorm_core.dumps.shards import DumpError, FileShard
 from geonorm_core.dumps.stores import UnknownSiteError
 from geonorm_core.hook_names import place_hook
 
