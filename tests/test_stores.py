@@ -364,3 +364,11 @@ def test_the_command_line_takes_the_model_a_store_came_from(tmp_path, capsys):
     assert cli.main(["analyze-dump", str(tmp_path / "tl.h5"), "--model", str(tmp_path / "gpt2"), "--out", out]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
     assert len(err) == 1 and "transformer.ln_f normalizes d=48" in err[0] and "d=32" in err[0], err
+
+
+def test_sites_selects_among_any_sources_arrays(tmp_path, rng):
+    np.savez(tmp_path / "a.npz", first=rng.standard_normal((5, D)), second=rng.standard_normal((7, D)))
+    (site,) = gn.open_activations(tmp_path / "a.npz", sites=["second"])
+    assert (site.name, site.rows) == ("second", 7)
+    with pytest.raises(UnknownSiteError, match="has no site 'third'; it has 'first', 'second'"):
+        gn.analyze_dump(tmp_path / "a.npz", sites=["third"])
