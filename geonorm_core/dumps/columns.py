@@ -76,6 +76,10 @@ class ConcatShard(Shard):
             i += 1
         return out
 
+    def spans(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Rows ``[start, stop)`` cut where parts meet: each span is read without a copy."""
+        return [(at, at + b - a) for _, a, b, at in self._pieces(start, stop)] or [(start, stop)]
+
     def read(self, start: int, stop: int) -> np.ndarray:
         self._check_range(start, stop)
         pieces = self._pieces(start, stop)

@@ -349,11 +349,8 @@ def _analyze_shard(site: ActivationSite, k: int, stats: SiteStats, block_rows: i
         stop = min(start + block_rows, hs.rows)
         if hs.sha256 is None and stop < hs.rows:  # no hashing pass brings the next blocks in: ask the OS
             ahead.prefetch(site, k, stop, min(stop + ahead_rows, hs.rows))
-        h = hs.read(start, stop)
-        p = ps.read(start, stop) if ps is not None else None
-        values = site.token_values(h, p, num_threads=num_threads,
+        values = site.block_values(hs, ps, start, stop, num_threads=num_threads,  # unmapped on return
                                    out=None if staged is None else staged[:, start:stop])
-        del h, p  # unmap the block now
         if staged is None:
             stats.update(**values)
         if rows_done is not None:
