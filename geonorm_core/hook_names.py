@@ -5,21 +5,15 @@ and which its output) and by the activation stores (:mod:`geonorm_core.dumps.sto
 or dataset is named by the hook it was cached at).  A name is placed as the input of a norm site
 (``role`` as :mod:`geonorm_core.sites` names roles) where TransformerLens' residual stream says so:
 
-===============================================  ==========================================
-hook name                                        placed as
-===============================================  ==========================================
-``blocks.L.hook_resid_pre``, ``blocks.L.ln1.hook_in``   input of block L's first norm (``LN1``)
-``blocks.L.hook_resid_mid``, ``blocks.L.ln2.hook_in``   input of block L's second norm (``LN2``)
-``blocks.L.hook_resid_post``                     input of block L+1's ``LN1``, or of the final
-                                                 norm when L is the model's last block (known
-                                                 only when the model is given)
-``ln_final.hook_in``                             input of the final norm (``final``)
-other ``blocks.L.*`` hooks (``ln1.hook_normalized``,   block L, no role: ordered in the block
-``hook_attn_out``, ``hook_mlp_out``, ...)        (a norm's output is not a norm's input)
-``hook_embed``, ``hook_pos_embed``               before block 0, no role
-``ln_final.*`` (``hook_normalized``, ...)        after the last block, no role
-anything else                                    not placed: keeps its own order, after these
-===============================================  ==========================================
+* ``blocks.L.hook_resid_pre``, ``blocks.L.ln1.hook_in``: input of block L's first norm (``LN1``);
+* ``blocks.L.hook_resid_mid``, ``blocks.L.ln2.hook_in``: input of block L's second norm (``LN2``);
+* ``blocks.L.hook_resid_post``: input of block L+1's ``LN1``, or of the final norm when L is the
+  model's last block (known only when the model's block count is given);
+* ``ln_final.hook_in``: input of the final norm (``final``);
+* other ``blocks.L.*`` hooks (``ln1.hook_normalized``, ``hook_attn_out``, ``hook_mlp_out``, ...):
+  block L, no role, ordered inside the block (a norm's output is not a norm's input);
+* ``hook_embed``, ``hook_pos_embed``: before block 0; ``ln_final.*``: after the last block; no role;
+* anything else is not placed: it keeps its own order, after these.
 
 Sorting by :attr:`HookPlace.order` puts a store's sites in the order a live run gives them:
 by block, and in a block in the order the residual stream passes the hooks.
