@@ -20,6 +20,11 @@ from .shards import DumpError, FileShard, Shard
 
 __all__ = ["Hdf5Shard", "hdf5_columns"]
 
+#: HDF5's chunk cache while a dataset is read (its default is 1 MiB, less than one chunk of most
+#: activation datasets): the chunk a block ends in is then decoded once, not once per block.
+_CHUNK_CACHE = 64 << 20
+_CHUNK_SLOTS = 10007
+
 
 class Hdf5Shard(Shard):
     """Rows of a chunked (or compressed) HDF5 dataset, read through h5py; the file is opened lazily
@@ -43,7 +48,7 @@ class Hdf5Shard(Shard):
         a, b = start // self.per, -(-stop // self.per)
         try:
             if self._file is None:
-                self._file = h5py.File(self.path, "r")
+                self._file = h5py.File(self.path, "r", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=_CHUNK_SLOTS)
             block = self._file[self.name][a:b]
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             self.release()
@@ -59,7 +64,8 @@ class Hdf5Shard(Shard):
             return
         try:
             if self._file is None:
-                self._file = need("h5py", "HDF5 files").File(self.path, "r")
+                self._file = need("h5py", "HDF5 files").File(self.path, "r", rdcc_nbytes=_CHUNK_CACHE,
+                                                              rdcc_nslots=_CHUNK_SLOTS)
             ds = self._file[self.name]
             if ds.chunks is None:
                 return

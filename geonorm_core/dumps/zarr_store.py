@@ -8,6 +8,7 @@ own rules, the array's fill value (zarr writes no chunk that is all fill value).
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,34 @@ class ZarrShard(Shard):
         self.per = math.prod(self.shape[1:-1])
         self.rows, self.dtype = self.shape[0] * self.per, np.dtype(dtype).newbyteorder("=")
         self._array: Any = None
+        self._local = threading.local()  # the chunk the last block ended in, per thread
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_array", "_local")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _array=None, _local=threading.local())
+
+    def _first_axis(self, a: int, b: int) -> np.ndarray:
+        """Items ``[a, b)`` of the first axis.  zarr decodes whole chunks: the part of the chunk a
+        block ends in that the block does not use is kept for the next block, so no chunk is
+        decoded twice when blocks and chunks do not line up."""
+        step = int(self._array.chunks[0])
+        out = np.empty((b - a, *self.shape[1:]), self._array.dtype)
+        at = a
+        lo, tail = getattr(self._local, "tail", (0, None))
+        if tail is not None and lo <= at < lo + len(tail):
+            n = min(b, lo + len(tail)) - at
+            out[:n] = tail[at - lo:at - lo + n]
+            at += n
+        self._local.tail = (0, None)
+        if at < b:
+            end = min(self.shape[0], -(-b // step) * step)  # to the end of the chunk b lies in
+            got = np.asarray(self._array[at:end])
+            out[at - a:] = got[:b - at]
+            if end > b:
+                self._local.tail = (b, got[b - at:])
+        return out
 
     def read(self, start: int, stop: int) -> np.ndarray:
         self._check_range(start, stop)
@@ -50,7 +76,7 @@ class ZarrShard(Shard):
             root = _open(self.path)
             self._array = root if not self.name else root[self.name]
         try:
-            block = np.asarray(self._array[a:b])
+            block = self._first_axis(a, b)
         except Exception as exc:  # noqa: BLE001 -- a codec's or store's complaint about a chunk
             raise DumpError(self.path, f"array {self.name or '/'!r}, rows [{start}, {stop}): a chunk cannot be "
                                        f"read: {type(exc).__name__}: {exc}") from None
@@ -59,6 +85,7 @@ class ZarrShard(Shard):
 
     def release(self) -> None:
         self._array = None
+        self._local = threading.local()
 
 
 def zarr_columns(path: Path) -> tuple[list[Column], dict]:
