@@ -29,7 +29,10 @@ from .shards import DumpError, FileShard, Shard
 __all__ = ["arrow_columns", "arrow_files"]
 
 _PARQUET_BATCH = 1 << 16  # rows pyarrow decodes at a time (bounded further by bytes, below)
-_PARQUET_BATCH_BYTES = 16 << 20
+_PARQUET_BATCH_BYTES = 4 << 20
+#: Bytes pyarrow reads from a parquet file at a time: a column chunk (a row group's column, often
+#: 100+ MB for activations) is then streamed, not read (pre_buffer) whole before its first row.
+_PARQUET_BUFFER = 1 << 20
 
 
 def _natural(p: Path) -> list:
@@ -235,7 +238,7 @@ class ParquetShard(Shard):
         pq = need("pyarrow.parquet", "parquet stores")
         starts = np.cumsum([0, *self.group_rows]).tolist()
         g = max(0, int(np.searchsorted(starts, start, side="right")) - 1)
-        pf = pq.ParquetFile(str(self.path), buffer_size=1 << 20)
+        pf = pq.ParquetFile(str(self.path), buffer_size=_PARQUET_BUFFER, pre_buffer=False)
         per_row = max(1, self.d * self.dtype.itemsize * max(1, self.rows // max(1, pf.metadata.num_rows)))
         batch = max(1, min(_PARQUET_BATCH, _PARQUET_BATCH_BYTES // per_row))
         st = self._state()
@@ -302,7 +305,8 @@ def _parquet_file(pa: Any, f: Path) -> tuple[list[str], dict[str, str], dict[str
         if not sum(groups):
             parts[name] = []
             continue
-        first = next(pf.iter_batches(batch_size=1, columns=[name], use_threads=False))
+        first = next(pq.ParquetFile(str(f), buffer_size=_PARQUET_BUFFER, pre_buffer=False).iter_batches(
+            batch_size=1, columns=[name], use_threads=False))  # buffered: not the whole column chunk
         values, sizes = _flatten(pa, first.column(0), f, name)
         per_row = math.prod(sizes[:-1])
         dtype = np.dtype(values.type.to_pandas_dtype())

@@ -59,12 +59,14 @@ class ZarrShard(Shard):
             out[:n] = tail[at - lo:at - lo + n]
             at += n
         self._local.tail = (0, None)
-        if at < b:
-            end = min(self.shape[0], -(-b // step) * step)  # to the end of the chunk b lies in
+        while at < b:  # one chunk at a time: zarr then holds one chunk's bytes, not the block's
+            end = min(self.shape[0], (at // step + 1) * step)
             got = np.asarray(self._array[at:end])
-            out[at - a:] = got[:b - at]
+            n = min(b, end) - at
+            out[at - a:at - a + n] = got[:n]
             if end > b:
-                self._local.tail = (b, got[b - at:])
+                self._local.tail = (b, got[n:])
+            at += n
         return out
 
     def read(self, start: int, stop: int) -> np.ndarray:
