@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .columns import Column, ConcatShard, natural_key, need
+from .columns import Column, ConcatShard, natural_key, need, release_freed_blocks
 from .formats import _READABLE
 from .shards import DumpError, FileShard, Shard
 
@@ -48,6 +48,7 @@ class Hdf5Shard(Shard):
         a, b = start // self.per, -(-stop // self.per)
         try:
             if self._file is None:
+                release_freed_blocks()
                 self._file = h5py.File(self.path, "r", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=_CHUNK_SLOTS)
             block = self._file[self.name][a:b]
         except (OSError, KeyError, ValueError, RuntimeError) as exc:

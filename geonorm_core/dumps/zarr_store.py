@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .columns import Column, ConcatShard, natural_key, need
+from .columns import Column, ConcatShard, natural_key, need, release_freed_blocks
 from .formats import _READABLE
 from .shards import DumpError, Shard
 
@@ -75,6 +75,7 @@ class ZarrShard(Shard):
             return np.empty((0, self.d), self.dtype)
         a, b = start // self.per, -(-stop // self.per)
         if self._array is None:
+            release_freed_blocks()
             root = _open(self.path)
             self._array = root if not self.name else root[self.name]
         try:
