@@ -19,12 +19,14 @@ Each store is read, in one process and alternating, by ``raw`` (every file of th
 ``readinto`` 8 MiB chunks: the bandwidth probe, dump_read.py's), by ``npy`` (analyze_dump of the same
 number of rows as one ``.npy`` per site: geonorm's plainest path) and by ``analyze_dump`` of the store
 (default settings); ``compute only`` is analyze_dump of the rows already in RAM (the kernels' ceiling,
-whatever the storage: on a small shared machine it, not the disk, is the limit).  Warm: in the page cache; cold: every file dropped (``posix_fadvise(DONTNEED)``) before
-each run.  Reported: medians over ``--repeats`` and the ratio raw time / analyze time.
+whatever the storage: on a small shared machine it, not the disk, is the limit).  Warm: in the page
+cache; cold: every file dropped (``posix_fadvise(DONTNEED)``) before each run.  Reported: medians over
+``--repeats`` and the ratios raw time / store time and .npy time / store time.
 
 Memory: a fresh process per store kind records VmHWM after its imports and after analyze_dump
 (cold cache), as dump_read.py does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +64,12 @@ def write_store(kind: str, root: Path, gb: float, d: int) -> Path:
         if not arrow.exists():
             from datasets import Array2D, Dataset, Features, Sequence, Value
 
-            features = Features({**{h: Array2D(shape=(CTX, d), dtype="float32") for h in HOOKS},
-                                 "token_ids": Sequence(Value(dtype="int32"), length=CTX)})
+            features = Features(
+                {
+                    **{h: Array2D(shape=(CTX, d), dtype="float32") for h in HOOKS},
+                    "token_ids": Sequence(Value(dtype="int32"), length=CTX),
+                }
+            )
 
             def rows():
                 tok = np.zeros(CTX, np.int32)
@@ -84,23 +90,31 @@ def write_store(kind: str, root: Path, gb: float, d: int) -> Path:
         import h5py
 
         out = root.with_suffix(".h5")
-        kw = {"hdf5": {}, "hdf5-chunked": {"chunks": (64, CTX, d)},
-              "hdf5-gzip": {"chunks": (64, CTX, d), "compression": "gzip", "compression_opts": 1}}[kind]
+        kw = {
+            "hdf5": {},
+            "hdf5-chunked": {"chunks": (64, CTX, d)},
+            "hdf5-gzip": {"chunks": (64, CTX, d), "compression": "gzip", "compression_opts": 1},
+        }[kind]
         with h5py.File(out, "w") as f:
             for k, h in enumerate(HOOKS):
                 ds = f.create_dataset(h, shape=(seqs, CTX, d), dtype=np.float32, **kw)
                 for a in range(0, seqs, 64):
-                    ds[a:a + 64] = np.roll(pool, k, axis=0)
+                    ds[a : a + 64] = np.roll(pool, k, axis=0)
         return out
     import zarr
 
     out = root.with_suffix(".zarr")
     g = zarr.open_group(str(out), mode="w", zarr_format=3)
     for k, h in enumerate(HOOKS):
-        arr = g.create_array(h, shape=(seqs, CTX, d), dtype=np.float32, chunks=(64, CTX, d),
-                             compressors="auto" if kind == "zarr" else None)
+        arr = g.create_array(
+            h,
+            shape=(seqs, CTX, d),
+            dtype=np.float32,
+            chunks=(64, CTX, d),
+            compressors="auto" if kind == "zarr" else None,
+        )
         for a in range(0, seqs, 64):
-            arr[a:a + 64] = np.roll(pool, k, axis=0)
+            arr[a : a + 64] = np.roll(pool, k, axis=0)
     return out
 
 
@@ -137,7 +151,7 @@ def _baselines(gb: float, d: int, workdir: Path) -> tuple[Path, list]:
     for k, h in enumerate(HOOKS):
         a = np.lib.format.open_memmap(root / f"{h}.npy", mode="w+", dtype=np.float32, shape=(seqs * CTX, d))
         for i in range(0, seqs, 64):
-            a[i * CTX:(i + 64) * CTX] = np.roll(pool, k, axis=0).reshape(-1, d)
+            a[i * CTX : (i + 64) * CTX] = np.roll(pool, k, axis=0).reshape(-1, d)
         a.flush()
         del a
     import geonorm_core as gn
@@ -172,8 +186,11 @@ def throughput(kinds: list[str], gb: float, d: int, repeats: int, workdir: Path)
         nbytes = sum(f.stat().st_size for f in files)
         gn.analyze_dump(path)  # first read: imports, page cache
         row: dict = {"kind": kind, "gb": nbytes / 1e9, "files": len(files)}
-        runs = {"raw": lambda files=files: raw_read(files, buf), "npy": read_npy,
-                "analyze_dump": lambda path=path: gn.analyze_dump(path)}
+        runs = {
+            "raw": lambda files=files: raw_read(files, buf),
+            "npy": read_npy,
+            "analyze_dump": lambda path=path: gn.analyze_dump(path),
+        }
         for cache in ("warm", "cold"):
             times: dict[str, list[float]] = {k: [] for k in runs}
             for _ in range(repeats):
@@ -192,13 +209,21 @@ def throughput(kinds: list[str], gb: float, d: int, repeats: int, workdir: Path)
             row[cache]["analyze_dump"]["ratio_to_npy"] = med["npy"] / med["analyze_dump"]
         row["compute_only_s"] = compute
         out.append(row)
-        print(f"{kind:13s} {row['gb']:.2f} GB {len(files):4d} files; compute only {nbytes / 1e9 / compute:5.2f} GB/s",
-              flush=True)
+        print(
+            f"{kind:13s} {row['gb']:.2f} GB {len(files):4d} files; "
+            f"compute only {nbytes / 1e9 / compute:5.2f} GB/s",
+            flush=True,
+        )
         for c in ("warm", "cold"):
             r = row[c]
-            print(f"    {c}: raw {r['raw']['GB/s']:5.2f} GB/s, same rows as .npy {r['npy']['GB/s']:5.2f} GB/s, "
-                  f"store {r['analyze_dump']['GB/s']:5.2f} GB/s; store/raw {r['analyze_dump']['ratio_to_raw']:.2f}, "
-                  f"store/npy {r['analyze_dump']['ratio_to_npy']:.2f}", flush=True)
+            print(
+                f"    {c}: raw {r['raw']['GB/s']:5.2f} GB/s, "
+                f"same rows as .npy {r['npy']['GB/s']:5.2f} GB/s, "
+                f"store {r['analyze_dump']['GB/s']:5.2f} GB/s; "
+                f"store/raw {r['analyze_dump']['ratio_to_raw']:.2f}, "
+                f"store/npy {r['analyze_dump']['ratio_to_npy']:.2f}",
+                flush=True,
+            )
         if kind != "arrow":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return out
@@ -224,11 +249,16 @@ def memory(kinds: list[str], gb: float, d: int, workdir: Path) -> list[dict]:
         path = write_store(kind, workdir / f"{kind}-mem", gb, d)
         files = store_files(path)
         drop_cache(files)
-        res = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True
+        )
         child = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append({"kind": kind, "gb": sum(f.stat().st_size for f in files) / 1e9, **child})
-        print(f"{kind:13s} {rows[-1]['gb']:.2f} GB: peak RSS {child['rss_peak_mb']:.0f} MB "
-              f"({child['rss_before_mb']:.0f} MB after the imports)", flush=True)
+        print(
+            f"{kind:13s} {rows[-1]['gb']:.2f} GB: peak RSS {child['rss_peak_mb']:.0f} MB "
+            f"({child['rss_before_mb']:.0f} MB after the imports)",
+            flush=True,
+        )
         if kind != "arrow":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return rows
@@ -237,7 +267,9 @@ def memory(kinds: list[str], gb: float, d: int, workdir: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("throughput", "memory", "all"))
-    ap.add_argument("--gb", type=float, default=None, help="store size (default: 1 for throughput, 2 for memory)")
+    ap.add_argument(
+        "--gb", type=float, default=None, help="store size (default: 1 for throughput, 2 for memory)"
+    )
     ap.add_argument("--d", type=int, default=576)
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     ap.add_argument("--repeats", type=int, default=3)

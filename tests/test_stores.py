@@ -6,6 +6,7 @@ SAELens's cache is written with ``datasets`` and the exact ``Features`` SAELens'
 ``save_to_disk``): installing sae-lens itself would replace this environment's torch (see
 docs/stores.md).  HDF5 is written with h5py, zarr with zarr (formats 2 and 3).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,16 +52,24 @@ def assert_npy_report(tmp_path, report, arrays: dict) -> None:
 @pytest.fixture
 def acts(rng):
     """Hidden states of three hooks, (sequences, positions, d), as a model would cache them."""
-    return {f"blocks.{i}.hook_resid_pre": (rng.standard_normal((N, CTX, D)) * (1 + i) + 0.2 * i).astype(np.float32)
-            for i in (2, 0, 1)}
+    return {
+        f"blocks.{i}.hook_resid_pre": (rng.standard_normal((N, CTX, D)) * (1 + i) + 0.2 * i).astype(
+            np.float32
+        )
+        for i in (2, 0, 1)
+    }
 
 
 def saelens_cache(path, acts, tokens, shards=3):
     """A cache as SAELens's CacheActivationsRunner writes it (its Features, from_dict, save_to_disk)."""
     from datasets import Array2D, Dataset, Features, Sequence, Value
 
-    features = Features({**{h: Array2D(shape=(CTX, D), dtype="float32") for h in acts},
-                         "token_ids": Sequence(Value(dtype="int32"), length=CTX)})
+    features = Features(
+        {
+            **{h: Array2D(shape=(CTX, D), dtype="float32") for h in acts},
+            "token_ids": Sequence(Value(dtype="int32"), length=CTX),
+        }
+    )
     ds = Dataset.from_dict({**acts, "token_ids": tokens}, features=features)
     ds.save_to_disk(str(path), num_shards=shards)
     return ds
@@ -74,7 +83,9 @@ def test_a_saelens_cache_gives_the_npy_report_ordered_by_layer(tmp_path, acts, r
     saelens_cache(tmp_path / "cache", acts, tokens)
     assert len(list((tmp_path / "cache").glob("*.arrow"))) == 3
     report = gn.analyze_dump(tmp_path / "cache", block_rows=BLOCK)
-    assert list(report.sites) == [f"blocks.{i}.hook_resid_pre" for i in range(3)]  # by layer, not column order
+    assert list(report.sites) == [
+        f"blocks.{i}.hook_resid_pre" for i in range(3)
+    ]  # by layer, not column order
     assert [(s.layer, s.role) for s in report.sites.values()] == [(0, "LN1"), (1, "LN1"), (2, "LN1")]
     assert report.meta["left_out"] == ["token_ids: holds int32 values, not float"]
     assert report.tokens == N * CTX
@@ -98,8 +109,9 @@ def test_parquet_as_pushed_to_the_hub_gives_the_npy_report(tmp_path, acts, rng):
     ds = saelens_cache(tmp_path / "cache", acts, rng.integers(0, 9, (N, CTX)).astype(np.int32))
     (tmp_path / "pq" / "data").mkdir(parents=True)
     for i in range(2):  # the Hub's layout: data/train-0000i-of-00002.parquet
-        ds.shard(2, i, contiguous=True).to_parquet(str(tmp_path / "pq" / "data" / f"train-{i:05d}-of-00002.parquet"),
-                                                   batch_size=7)
+        ds.shard(2, i, contiguous=True).to_parquet(
+            str(tmp_path / "pq" / "data" / f"train-{i:05d}-of-00002.parquet"), batch_size=7
+        )
     report = gn.analyze_dump(tmp_path / "pq", block_rows=BLOCK)
     assert report.meta["format"] == "arrow" and report.meta["files"] == 2
     assert_npy_report(tmp_path, report, acts)
@@ -115,34 +127,48 @@ def test_arrow_files_of_vector_columns_give_the_npy_report(tmp_path, rng, fmt, d
     for k, (a, b) in enumerate(((0, 120), (120, 300))):
         fixed = pa.FixedSizeListArray.from_arrays(pa.array(x[a:b].reshape(-1)), D)
         varlen = pa.array(list(y[a:b]), type=pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))
-        table = pa.table({"resid": fixed, "mlp_out": varlen, "label": pa.array(range(a, b)),
-                          "loss": pa.array(np.arange(a, b, dtype=np.float32))})
+        table = pa.table(
+            {
+                "resid": fixed,
+                "mlp_out": varlen,
+                "label": pa.array(range(a, b)),
+                "loss": pa.array(np.arange(a, b, dtype=np.float32)),
+            }
+        )
         new = pa.ipc.new_stream if fmt == "stream" else pa.ipc.new_file
         with new(str(tmp_path / "store" / f"part-{k}.arrow"), table.schema) as w:
             for batch in table.to_batches(max_chunksize=45):
                 w.write_batch(batch)
     report = gn.analyze_dump(tmp_path / "store", block_rows=BLOCK)
     assert list(report.sites) == ["resid", "mlp_out"]  # names geonorm does not know keep their order
-    assert report.meta["left_out"] == ["label: holds int64 values, not float",
-                                       "loss: holds one float per row, not vectors"]
+    assert report.meta["left_out"] == [
+        "label: holds int64 values, not float",
+        "loss: holds one float per row, not vectors",
+    ]
     assert_npy_report(tmp_path, report, {"resid": x, "mlp_out": y})
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "chunked", "gzip", "float16-3d"])
 def test_hdf5_datasets_give_the_npy_report(tmp_path, acts, layout):
-    arrays = {k: v.reshape(-1, D) if layout != "float16-3d" else v.astype(np.float16) for k, v in acts.items()}
+    arrays = {
+        k: v.reshape(-1, D) if layout != "float16-3d" else v.astype(np.float16) for k, v in acts.items()
+    }
     with h5py.File(tmp_path / "acts.h5", "w") as f:
         for k, v in arrays.items():
-            kw = {"contiguous": {}, "chunked": {"chunks": (13,) + v.shape[1:]},
-                  "gzip": {"chunks": (13,) + v.shape[1:], "compression": "gzip", "shuffle": True},
-                  "float16-3d": {"chunks": (2, CTX, D), "compression": "lzf"}}[layout]
+            kw = {
+                "contiguous": {},
+                "chunked": {"chunks": (13,) + v.shape[1:]},
+                "gzip": {"chunks": (13,) + v.shape[1:], "compression": "gzip", "shuffle": True},
+                "float16-3d": {"chunks": (2, CTX, D), "compression": "lzf"},
+            }[layout]
             f.create_dataset(f"run1/{k}", data=v, **kw)
         f.create_dataset("run1/positions", data=np.arange(10.0))  # 1-D: left out, named
         f.create_dataset("run1/ids", data=np.zeros((4, 4), np.int64))
     report = gn.analyze_dump(tmp_path / "acts.h5", block_rows=BLOCK)
     assert sorted(report.meta["left_out"]) == [
         "run1/ids: holds int64, not float16/32/64",
-        "run1/positions: is 1-D (10,); geonorm reads 2-D (rows, d) and 3-D (sequences, positions, d)"]
+        "run1/positions: is 1-D (10,); geonorm reads 2-D (rows, d) and 3-D (sequences, positions, d)",
+    ]
     assert_npy_report(tmp_path, report, {f"run1/{k}": v for k, v in arrays.items()})
     site = gn.open_activations(tmp_path / "acts.h5", sites=["run1/blocks.0.hook_resid_pre"])[0]
     assert isinstance(site.hidden[0].parts[0], FileShard) == (layout == "contiguous")  # mapped when it can be
@@ -215,18 +241,33 @@ def test_dask_splits_a_store_and_gives_the_same_report(tmp_path, acts, rng, kind
 
 def test_hook_names_are_placed_in_layer_and_role():
     assert place_hook("blocks.3.hook_resid_pre") == place_hook("blocks.3.ln1.hook_in").__class__(
-        3, "LN1", place_hook("blocks.3.hook_resid_pre").order)
-    assert (place_hook("blocks.3.hook_resid_mid").layer, place_hook("blocks.3.hook_resid_mid").role) == (3, "LN2")
+        3, "LN1", place_hook("blocks.3.hook_resid_pre").order
+    )
+    assert (place_hook("blocks.3.hook_resid_mid").layer, place_hook("blocks.3.hook_resid_mid").role) == (
+        3,
+        "LN2",
+    )
     post = place_hook("blocks.3.hook_resid_post")
     assert (post.layer, post.role) == (4, "LN1")
     last = place_hook("blocks.3.hook_resid_post", n_layers=4)
     assert (last.layer, last.role) == (None, "final")
     assert place_hook("blocks.3.hook_mlp_out").role is None and place_hook("my_layer") is None
-    names = ["ln_final.hook_normalized", "blocks.10.hook_resid_pre", "blocks.2.hook_resid_post",
-             "blocks.2.hook_resid_mid", "blocks.2.hook_resid_pre", "hook_embed"]
+    names = [
+        "ln_final.hook_normalized",
+        "blocks.10.hook_resid_pre",
+        "blocks.2.hook_resid_post",
+        "blocks.2.hook_resid_mid",
+        "blocks.2.hook_resid_pre",
+        "hook_embed",
+    ]
     assert sorted(names, key=lambda n: place_hook(n).order) == [
-        "hook_embed", "blocks.2.hook_resid_pre", "blocks.2.hook_resid_mid", "blocks.2.hook_resid_post",
-        "blocks.10.hook_resid_pre", "ln_final.hook_normalized"]
+        "hook_embed",
+        "blocks.2.hook_resid_pre",
+        "blocks.2.hook_resid_mid",
+        "blocks.2.hook_resid_post",
+        "blocks.10.hook_resid_pre",
+        "ln_final.hook_normalized",
+    ]
 
 
 def test_a_norms_input_and_output_hooks_pair_into_one_site(tmp_path, rng):
@@ -252,8 +293,10 @@ def test_a_model_gives_the_norms_gain_and_bias(tmp_path):
     ids = torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(0))
     live = gn.analyze(model, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}])
     hidden = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: hidden.__setitem__(i, args[0].numpy().copy()))
-             for i, m in enumerate(b.ln_1 for b in model.transformer.h)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, i=i: hidden.__setitem__(i, args[0].numpy().copy()))
+        for i, m in enumerate(b.ln_1 for b in model.transformer.h)
+    ]
     with torch.no_grad():
         model(ids)
     for h in hooks:
@@ -293,7 +336,9 @@ def test_a_store_with_no_float_data_says_what_it_holds(tmp_path):
     with h5py.File(tmp_path / "a.h5", "w") as f:
         f["ids"] = np.zeros((3, 4), np.int32)
         f["vec"] = np.zeros(4)
-    with pytest.raises(DumpError, match=r"a\.h5: holds no float data of 2 or 3 dimensions \('ids' holds int32"):
+    with pytest.raises(
+        DumpError, match=r"a\.h5: holds no float data of 2 or 3 dimensions \('ids' holds int32"
+    ):
         gn.open_activations(tmp_path / "a.h5")
     with pytest.raises(DumpError, match=r"'vec' is 1-D"):
         gn.open_activations(tmp_path / "a.h5", sites=["vec"])
@@ -324,13 +369,18 @@ def test_an_unreadable_zarr_chunk_is_named(tmp_path, acts):
 def test_the_command_line_reads_stores_and_fails_in_one_line(tmp_path, acts, rng, capsys):
     saelens_cache(tmp_path / "c", acts, rng.integers(0, 9, (N, CTX)).astype(np.int32))
     out = str(tmp_path / "rep")
-    assert cli.main(["analyze-dump", str(tmp_path / "c"), "--sites", "blocks.1.hook_resid_pre", "--out", out]) == 0
+    assert (
+        cli.main(["analyze-dump", str(tmp_path / "c"), "--sites", "blocks.1.hook_resid_pre", "--out", out])
+        == 0
+    )
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert list(saved["sites"]) == ["blocks.1.hook_resid_pre"]
     assert "token_ids: holds int32 values, not float" in saved["meta"]["left_out"]
     capsys.readouterr()
-    for argv, code, text in (([str(tmp_path / "c"), "--sites", "blocks.9.hook_resid_pre"], 2, "has no"),
-                             ([str(tmp_path / "c"), "--sites", "token_ids"], 1, "not float")):
+    for argv, code, text in (
+        ([str(tmp_path / "c"), "--sites", "blocks.9.hook_resid_pre"], 2, "has no"),
+        ([str(tmp_path / "c"), "--sites", "token_ids"], 1, "not float"),
+    ):
         assert cli.main(["analyze-dump", *argv, "--out", out]) == code
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("geonorm analyze-dump: error: ") and text in err[0], err
@@ -355,14 +405,34 @@ def test_the_command_line_takes_the_model_a_store_came_from(tmp_path, capsys):
     with h5py.File(tmp_path / "tl.h5", "w") as f:
         f["blocks.1.hook_resid_mid"], f["blocks.1.hook_resid_post"] = rows, rows[..., :32]
     out = str(tmp_path / "rep")
-    assert cli.main(["analyze-dump", str(tmp_path / "tl.h5"), "--model", str(tmp_path / "gpt2"),
-                     "--sites", "blocks.1.hook_resid_mid", "--out", out]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze-dump",
+                str(tmp_path / "tl.h5"),
+                "--model",
+                str(tmp_path / "gpt2"),
+                "--sites",
+                "blocks.1.hook_resid_mid",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     site = json.loads((tmp_path / "rep" / "report.json").read_text())["sites"]["blocks.1.hook_resid_mid"]
     assert site["meta"]["norm"] == "transformer.h.1.ln_2" and site["meta"]["has_gain"]
     capsys.readouterr()
     # the last block's resid_post feeds the final norm (d=48), and these rows have d=32
-    assert cli.main(["analyze-dump", str(tmp_path / "tl.h5"), "--model", str(tmp_path / "gpt2"), "--out", out]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert (
+        cli.main(["analyze-dump", str(tmp_path / "tl.h5"), "--model", str(tmp_path / "gpt2"), "--out", out])
+        == 1
+    )
+    err = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.strip() and "Loading weights" not in line
+    ]
     assert len(err) == 1 and "transformer.ln_f normalizes d=48" in err[0] and "d=32" in err[0], err
 
 

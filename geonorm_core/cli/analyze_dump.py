@@ -18,13 +18,15 @@ HELP = ("the analyze report from a geonorm dump, .npy/.npz/.safetensors/.pt arra
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="dump folder, array file, folder of array files, or a store (datasets folder, "
-                                ".arrow/.parquet, .h5/.hdf5, zarr)")
+    p.add_argument("path", help="dump folder, array file, folder of array files, or a store "
+                                "(datasets folder, .arrow/.parquet, .h5/.hdf5, zarr)")
     p.add_argument("--sites", metavar="NAMES", default=None,
-                   help="comma-separated sites to read (a store's column, dataset or array names; default: all)")
+                   help="comma-separated sites to read (a store's column, dataset or array names; "
+                        "default: all)")
     p.add_argument("--model", default=None,
-                   help="the model the activations came from (a name or checkpoint, as for analyze): the norms "
-                        "that hook-named sites feed give their gain, bias and eps (see docs/stores.md)")
+                   help="the model the activations came from (a name or checkpoint, as for analyze): "
+                        "the norms that hook-named sites feed give their gain, bias and eps "
+                        "(see docs/stores.md)")
     p.add_argument("--out", default="geonorm-report", help="report folder (default: geonorm-report)")
     p.add_argument("--block-rows", type=positive_int, default=None, help="rows per block (default: ~32 MiB of rows)")
     p.add_argument("--bins", type=positive_int, default=180, help="histogram bins over 0-180 degrees (default: 180)")

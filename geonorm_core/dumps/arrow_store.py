@@ -257,8 +257,8 @@ class ParquetShard(Shard):
             raise DumpError(self.path, f"column {self.column!r} cannot be decoded: {exc}") from None
         values, sizes = _flatten(pa, batch.column(0), self.path, self.column)
         if batch.num_rows and sizes[-1] != self.d:
-            raise DumpError(self.path, f"column {self.column!r} is ragged: vectors of {self.d} and {sizes[-1]} "
-                                       f"values")
+            raise DumpError(self.path, f"column {self.column!r} is ragged: vectors of {self.d} and "
+                                       f"{sizes[-1]} values")
         return values.to_numpy(zero_copy_only=False).astype(self.dtype, copy=False).reshape(-1, self.d)
 
     def read(self, start: int, stop: int) -> np.ndarray:

@@ -329,8 +329,8 @@ class ActivationSite:
         return token_values(hidden, post, gain=self.gain, bias=self.bias, eps=self.eps,
                             num_threads=num_threads, out=out)
 
-    def block_values(self, hs: Shard, ps: Shard | None, start: int, stop: int, *, num_threads: int | None = None,
-                     out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def block_values(self, hs: Shard, ps: Shard | None, start: int, stop: int, *,
+                     num_threads: int | None = None, out: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """:meth:`token_values` of rows ``[start, stop)`` of a hidden shard (and its post shard).
 
         A shard stored in pieces (a store's record batches: ``hs.spans``) is computed piece by

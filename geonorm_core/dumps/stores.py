@@ -24,6 +24,7 @@ order.  ``model=`` attaches the matching norms' gain, bias and eps (:func:`attac
 
 The libraries are an optional extra: ``pip install "geonorm[stores]"``.
 """
+
 from __future__ import annotations
 
 import os
@@ -106,8 +107,11 @@ def open_store(path: str | os.PathLike, sites: Sequence[str] | None = None) -> l
     if sites is not None:
         missing = [s for s in sites if s not in by_name]
         if missing:
-            raise UnknownSiteError(p, f"has no {', '.join(map(repr, missing))}; it has "
-                                      f"{', '.join(map(repr, by_name)) or 'nothing'}")
+            raise UnknownSiteError(
+                p,
+                f"has no {', '.join(map(repr, missing))}; it has "
+                f"{', '.join(map(repr, by_name)) or 'nothing'}",
+            )
         chosen = [by_name[s] for s in dict.fromkeys(sites)]
         bad = [c for c in chosen if c.shard is None]
         if any(c.error for c in bad):
@@ -140,7 +144,7 @@ def _paired(root: Path, chosen: list[Column], report_meta: dict) -> list[Activat
             continue
         post = None
         for i, o in HOOK_PAIRS:
-            other = names.get(c.name[:-len(i)] + o) if c.name.endswith(i) else None
+            other = names.get(c.name[: -len(i)] + o) if c.name.endswith(i) else None
             if other is not None and (other.shard.rows, other.shard.d) == (c.shard.rows, c.shard.d):
                 post = other
                 taken.add(other.name)
@@ -149,11 +153,29 @@ def _paired(root: Path, chosen: list[Column], report_meta: dict) -> list[Activat
         entries.append((c, post))
     sites = []
     for c, post in entries:
-        name = c.name[:c.name.rindex(".")] if post is not None else c.name
-        meta = {"name": name, "layer": None, "role": None, "kind": "unknown", "d": c.shard.d, "eps": DEFAULT_EPS,
-                "has_gain": False, "has_bias": False, "stack": None, "source": str(root), "column": c.name}
-        sites.append(ActivationSite(name=name, meta=meta, hidden=[c.shard],
-                                    post=[post.shard] if post is not None else None, report_meta=report_meta))
+        name = c.name[: c.name.rindex(".")] if post is not None else c.name
+        meta = {
+            "name": name,
+            "layer": None,
+            "role": None,
+            "kind": "unknown",
+            "d": c.shard.d,
+            "eps": DEFAULT_EPS,
+            "has_gain": False,
+            "has_bias": False,
+            "stack": None,
+            "source": str(root),
+            "column": c.name,
+        }
+        sites.append(
+            ActivationSite(
+                name=name,
+                meta=meta,
+                hidden=[c.shard],
+                post=[post.shard] if post is not None else None,
+                report_meta=report_meta,
+            )
+        )
     return place_sites(sites)
 
 
@@ -191,8 +213,9 @@ def select_sites(sites: list[ActivationSite], names: Sequence[str] | None, path:
     have = {s.name: s for s in sites}
     missing = [n for n in names if n not in have]
     if missing:
-        raise UnknownSiteError(path, f"has no site {', '.join(map(repr, missing))}; it has "
-                                     f"{', '.join(map(repr, have))}")
+        raise UnknownSiteError(
+            path, f"has no site {', '.join(map(repr, missing))}; it has {', '.join(map(repr, have))}"
+        )
     wanted = set(names)
     return [s for s in sites if s.name in wanted]
 
@@ -231,16 +254,25 @@ def attach_model(sites: list[ActivationSite], model: Any) -> list[ActivationSite
         if norm is None:
             continue
         if norm.d != s.d:
-            raise ValueError(f"model: {label}'s {norm.name} normalizes d={norm.d}, but the rows of "
-                             f"{s.name!r} have d={s.d}: not the model this store came from")
+            raise ValueError(
+                f"model: {label}'s {norm.name} normalizes d={norm.d}, but the rows of "
+                f"{s.name!r} have d={s.d}: not the model this store came from"
+            )
         s.gain, s.bias, s.eps = norm.gain, norm.bias, float(norm.eps)
-        s.meta.update(kind=norm.kind, eps=float(norm.eps), has_gain=norm.gain is not None,
-                      has_bias=norm.bias is not None, norm=norm.name)
+        s.meta.update(
+            kind=norm.kind,
+            eps=float(norm.eps),
+            has_gain=norm.gain is not None,
+            has_bias=norm.bias is not None,
+            norm=norm.name,
+        )
         matched += 1
     if not matched:
-        raise ValueError(f"model: no site of the store is the input of a norm of {label} (its sites: "
-                         f"{', '.join(s.name for s in sites[:4])}...; hook names such as "
-                         f"blocks.L.hook_resid_pre are matched)")
+        raise ValueError(
+            f"model: no site of the store is the input of a norm of {label} (its sites: "
+            f"{', '.join(s.name for s in sites[:4])}...; hook names such as "
+            f"blocks.L.hook_resid_pre are matched)"
+        )
     for s in sites:
         s.report_meta = {**s.report_meta, "model": str(label), "norms_from": str(label)}
     return sites

@@ -5,6 +5,7 @@ chunks the block touches.  A 3-D array ``(sequences, positions, d)`` is rows of 
 cannot be read or decompressed is an error naming the array; a chunk that is *absent* is, by zarr's
 own rules, the array's fill value (zarr writes no chunk that is all fill value).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,14 +57,14 @@ class ZarrShard(Shard):
         lo, tail = getattr(self._local, "tail", (0, None))
         if tail is not None and lo <= at < lo + len(tail):
             n = min(b, lo + len(tail)) - at
-            out[:n] = tail[at - lo:at - lo + n]
+            out[:n] = tail[at - lo : at - lo + n]
             at += n
         self._local.tail = (0, None)
         while at < b:  # one chunk at a time: zarr then holds one chunk's bytes, not the block's
             end = min(self.shape[0], (at // step + 1) * step)
             got = np.asarray(self._array[at:end])
             n = min(b, end) - at
-            out[at - a:at - a + n] = got[:n]
+            out[at - a : at - a + n] = got[:n]
             if end > b:
                 self._local.tail = (b, got[n:])
             at += n
@@ -81,9 +82,12 @@ class ZarrShard(Shard):
         try:
             block = self._first_axis(a, b)
         except Exception as exc:  # noqa: BLE001 -- a codec's or store's complaint about a chunk
-            raise DumpError(self.path, f"array {self.name or '/'!r}, rows [{start}, {stop}): a chunk cannot be "
-                                       f"read: {type(exc).__name__}: {exc}") from None
-        rows = block.reshape(-1, self.d)[start - a * self.per:stop - a * self.per]
+            raise DumpError(
+                self.path,
+                f"array {self.name or '/'!r}, rows [{start}, {stop}): a chunk cannot be "
+                f"read: {type(exc).__name__}: {exc}",
+            ) from None
+        rows = block.reshape(-1, self.d)[start - a * self.per : stop - a * self.per]
         return rows.astype(self.dtype, copy=False)
 
     def release(self) -> None:
@@ -97,8 +101,10 @@ def zarr_columns(path: Path) -> tuple[list[Column], dict]:
     fmt = getattr(getattr(root, "metadata", None), "zarr_format", None)
     if hasattr(root, "members"):
         try:
-            items = sorted(((name, obj) for name, obj in root.members(max_depth=None)
-                            if not hasattr(obj, "members")), key=lambda item: natural_key(item[0]))
+            items = sorted(
+                ((name, obj) for name, obj in root.members(max_depth=None) if not hasattr(obj, "members")),
+                key=lambda item: natural_key(item[0]),
+            )
         except Exception as exc:  # noqa: BLE001
             raise DumpError(path, f"cannot be walked: {type(exc).__name__}: {exc}") from None
     else:
@@ -110,8 +116,14 @@ def zarr_columns(path: Path) -> tuple[list[Column], dict]:
         if dtype.kind != "f" or dtype.newbyteorder("=") not in _READABLE:
             columns.append(Column(label, None, f"holds {dtype}, not float16/32/64"))
         elif len(shape) not in (2, 3):
-            columns.append(Column(label, None, f"is {len(shape)}-D {shape}; geonorm reads 2-D (rows, d) and 3-D "
-                                               f"(sequences, positions, d)"))
+            columns.append(
+                Column(
+                    label,
+                    None,
+                    f"is {len(shape)}-D {shape}; geonorm reads 2-D (rows, d) and 3-D "
+                    f"(sequences, positions, d)",
+                )
+            )
         elif shape[-1] < 1:
             columns.append(Column(label, None, f"has shape {shape}: d must be >= 1"))
         else:
