@@ -86,7 +86,8 @@ def report_figures(report, *, layer: int | None = None) -> list[tuple[str, Any]]
         step = max(1, len(rows) // 15)
         ax.set_xticks(x[::step], ticks[::step])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[1]:  # hidden-only sources (no post rows) may plot no labelled line
+            ax.legend(fontsize=8)
         fig.tight_layout()
         figs.append((name, fig))
 
@@ -216,7 +217,8 @@ def comparison_figures(labelled: Sequence[tuple[str, Any]]) -> list[tuple[str, A
         ax.set_xlabel("relative depth (layer / number of layers)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[1]:  # hidden-only sources (no post rows) may plot no labelled line
+            ax.legend(fontsize=8)
         fig.tight_layout()
         figs.append((name, fig))
     return figs

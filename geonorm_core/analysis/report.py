@@ -123,11 +123,11 @@ class Report(JsonFile):
             row["hidden_angle"] = _ms(ref.angle_hidden)
             row["hidden_norm"] = _ms(ref.norm_hidden)
             row["max_abs"] = _ms(ref.max_abs_hidden)
-            row["post1_angle"] = _ms(a.angle_post) if a else None
-            row["post2_angle"] = _ms(b.angle_post) if b else None
-            row["post1_norm"] = _ms(a.norm_post) if a else None
-            row["rotation1"] = _ms(a.rotation) if a else None
-            row["rotation2"] = _ms(b.rotation) if b else None
+            row["post1_angle"] = _ms(a.quantities.get("angle_post")) if a else None
+            row["post2_angle"] = _ms(b.quantities.get("angle_post")) if b else None
+            row["post1_norm"] = _ms(a.quantities.get("norm_post")) if a else None
+            row["rotation1"] = _ms(a.quantities.get("rotation")) if a else None
+            row["rotation2"] = _ms(b.quantities.get("rotation")) if b else None
             row["gap1"] = _ms(a.ln_rms_gap) if a else None
             row["baseline_sd"] = baseline_angle_sd(d).sd if d >= 2 else math.nan
             if d >= 2 and ref.angle_hidden.histogram.total > 0:
@@ -269,7 +269,8 @@ class Report(JsonFile):
 
 
 def _ms(q) -> tuple[float, float] | None:
-    return None if q.count == 0 else (float(q.mean), float(q.std))
+    """(mean, SD) of a quantity; None when it has no values or the site has no such quantity (no post rows)."""
+    return None if q is None or q.count == 0 else (float(q.mean), float(q.std))
 
 
 def _pm(v, digits: int = 2) -> str:

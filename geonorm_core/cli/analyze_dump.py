@@ -7,16 +7,26 @@ from pathlib import Path
 
 from ..dumps.manifest import VERIFY_MODES
 from ..dumps.reading import analyze_dump, open_activations
+from ..dumps.stores import UnknownSiteError
 from ..experiments.workload import progress
 from . import preflight
 from .errors import UsageError
 from .options import positive_int, wrote
 
-HELP = "the analyze report from a geonorm dump, or from .npy/.npz/.safetensors/.pt arrays or a folder of them"
+HELP = ("the analyze report from a geonorm dump, .npy/.npz/.safetensors/.pt arrays, or an activation store "
+        "(SAELens/datasets folder, .arrow/.parquet, HDF5, zarr)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="dump folder, array file, or folder of array files")
+    p.add_argument("path", help="dump folder, array file, folder of array files, or a store "
+                                "(datasets folder, .arrow/.parquet, .h5/.hdf5, zarr)")
+    p.add_argument("--sites", metavar="NAMES", default=None,
+                   help="comma-separated sites to read (a store's column, dataset or array names; "
+                        "default: all)")
+    p.add_argument("--model", default=None,
+                   help="the model the activations came from (a name or checkpoint, as for analyze): "
+                        "the norms that hook-named sites feed give their gain, bias and eps "
+                        "(see docs/stores.md)")
     p.add_argument("--out", default="geonorm-report", help="report folder (default: geonorm-report)")
     p.add_argument("--block-rows", type=positive_int, default=None, help="rows per block (default: ~32 MiB of rows)")
     p.add_argument("--bins", type=positive_int, default=180, help="histogram bins over 0-180 degrees (default: 180)")
@@ -33,7 +43,16 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.path).exists():
         raise UsageError(f"{args.path}: no such file or folder")
     out = preflight.writable_folder(args.out)
-    sites = open_activations(args.path, verify=args.verify, partial=args.partial)
+    names = None
+    if args.sites is not None:
+        names = [n.strip() for n in args.sites.split(",") if n.strip()]
+        if not names:
+            raise UsageError("--sites: give at least one name")
+    try:
+        sites = open_activations(args.path, verify=args.verify, partial=args.partial, sites=names,
+                                 model=args.model)
+    except UnknownSiteError as exc:
+        raise UsageError(f"--sites: {exc}") from None
     preflight.disk_room(out, preflight.REPORT_BYTES_FIXED + len(sites) * preflight.REPORT_BYTES_PER_SITE,
                         "the report")
     total = sum(s.rows for s in sites)

@@ -214,9 +214,7 @@ def _dump_units(job: _Job, task: list) -> Iterator[dict[str, np.ndarray]]:
 def _read_values(job: _Job, hs: Any, ps: Any, a: int, b: int) -> dict[str, np.ndarray]:
     if a == b:
         return {q: np.empty(0, np.float64) for q in job.names}
-    h = hs.read(a, b)
-    p = ps.read(a, b) if ps is not None else None
-    return job.site.token_values(h, p, num_threads=job.num_threads)  # the block's maps go with h and p
+    return job.site.block_values(hs, ps, a, b, num_threads=job.num_threads)  # the block's maps go with it
 
 
 def _dump_task(job: _Job, i: int) -> bytes:

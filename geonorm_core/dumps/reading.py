@@ -83,6 +83,7 @@ from ..runtime import get_num_threads
 from .formats import ARRAY_SUFFIXES, open_arrays
 from .manifest import MANIFEST_NAME, VERIFY_MODES, open_dump
 from .shards import ActivationSite, DumpError
+from .stores import attach_model, open_store, select_sites, store_kind
 from .verify import hash_file
 
 __all__ = ["PREFETCH_BYTES", "analyze_dump", "analyze_shard", "open_activations"]
@@ -94,8 +95,8 @@ PREFETCH_BYTES = 64 << 20
 _HASH_CHUNK = 8 << 20
 
 
-def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial: bool = False
-                     ) -> list[ActivationSite]:
+def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial: bool = False,
+                     sites: Sequence[str] | None = None, model: Any = None) -> list[ActivationSite]:
     """Open a dump or array file(s) as norm sites, checking all that needs no full read.
 
     Parameters
@@ -108,6 +109,11 @@ def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial
         is hashed; ``"size"``: headers, sizes and shapes only.  Foreign sources have no digests, so
         the three are the same for them.
     partial : accept a geonorm dump that was interrupted (only the batches written are read).
+    sites : names of the sites to read (default: all); for a store (:mod:`.stores`: a ``datasets``
+        folder, ``.arrow``/``.parquet``, HDF5, zarr) its column, dataset or array names.  A name the
+        source does not have raises :class:`~.stores.UnknownSiteError`.
+    model : a model name/path or torch model whose norms' gain, bias and eps go with the sites whose
+        hook names say which norm they feed (:func:`~.stores.attach_model`).
 
     Raises
     ------
@@ -120,6 +126,8 @@ def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial
     p = Path(path)
     if not p.exists():
         raise DumpError(p, "no such file or folder")
+    if sites is not None or model is not None or store_kind(p) is not None:
+        return _selected(p, verify, partial, sites, model)
     if p.is_dir() and (p / MANIFEST_NAME).is_file():
         return open_dump(p / MANIFEST_NAME, verify, partial)
     if p.is_file() and p.name == MANIFEST_NAME:
@@ -134,6 +142,16 @@ def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial
         raise DumpError(p, f"unknown file type {p.suffix!r}; geonorm reads {', '.join(ARRAY_SUFFIXES)} "
                            f"files, folders of them, and geonorm dumps")
     return open_arrays(p, [p])
+
+
+def _selected(p: Path, verify: str, partial: bool, sites: Sequence[str] | None, model: Any
+              ) -> list[ActivationSite]:
+    """A store's sites (or any source's) as ``sites`` selects, with ``model``'s norms attached."""
+    if store_kind(p) is not None:
+        out = open_store(p, sites)
+    else:
+        out = select_sites(open_activations(p, verify=verify, partial=partial), sites, p)
+    return attach_model(out, model) if model is not None else out
 
 
 def _natural_key(p: Path) -> list:
@@ -224,7 +242,7 @@ def _advise_file(path: Path) -> None:
 def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_rows: int | None = None,
                  bins: int = 180, num_threads: int | None = None, scheduler: Any = None,
                  progress: Callable[[int], None] | None = None, verify: str = "sha256",
-                 partial: bool = False) -> Report:
+                 partial: bool = False, sites: Sequence[str] | None = None, model: Any = None) -> Report:
     """Measure the geometry of dumped activations: the report ``analyze`` gives, from disk.
 
     Each site's shards are streamed in blocks of ``block_rows`` rows through
@@ -243,6 +261,7 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
         (``geonorm_core.dumps.dask.analyze_sites``).
     progress : called with the number of rows done (all sites) after each block.
     verify, partial : as :func:`open_activations` (see the module docstring).
+    sites, model : as :func:`open_activations` (a path only).
 
     Returns
     -------
@@ -258,7 +277,7 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
                                    or block_rows < 1):
         raise ValueError(f"block_rows must be a positive int or None, got {block_rows!r}")
     if isinstance(path, (str, os.PathLike)):
-        sites = open_activations(path, verify=verify, partial=partial)
+        sites = open_activations(path, verify=verify, partial=partial, sites=sites, model=model)
     else:
         sites = list(path)
     meta = {**sites[0].report_meta, "bins": bins}
@@ -330,11 +349,8 @@ def _analyze_shard(site: ActivationSite, k: int, stats: SiteStats, block_rows: i
         stop = min(start + block_rows, hs.rows)
         if hs.sha256 is None and stop < hs.rows:  # no hashing pass brings the next blocks in: ask the OS
             ahead.prefetch(site, k, stop, min(stop + ahead_rows, hs.rows))
-        h = hs.read(start, stop)
-        p = ps.read(start, stop) if ps is not None else None
-        values = site.token_values(h, p, num_threads=num_threads,
+        values = site.block_values(hs, ps, start, stop, num_threads=num_threads,  # unmapped on return
                                    out=None if staged is None else staged[:, start:stop])
-        del h, p  # unmap the block now
         if staged is None:
             stats.update(**values)
         if rows_done is not None:

@@ -329,4 +329,24 @@ class ActivationSite:
         return token_values(hidden, post, gain=self.gain, bias=self.bias, eps=self.eps,
                             num_threads=num_threads, out=out)
 
+    def block_values(self, hs: Shard, ps: Shard | None, start: int, stop: int, *,
+                     num_threads: int | None = None, out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:meth:`token_values` of rows ``[start, stop)`` of a hidden shard (and its post shard).
+
+        A shard stored in pieces (a store's record batches: ``hs.spans``) is computed piece by
+        piece into one result, so a block that crosses pieces is never copied; the values are
+        per row, so they are the same bits either way.
+        """
+        spans = hs.spans(start, stop) if ps is None and hasattr(hs, "spans") else [(start, stop)]
+        if len(spans) == 1:
+            h = hs.read(start, stop)
+            p = ps.read(start, stop) if ps is not None else None
+            return self.token_values(h, p, num_threads=num_threads, out=out)  # the maps go with h and p
+        names = quantity_names(False)
+        if out is None:
+            out = np.empty((len(names), stop - start), np.float64)
+        for a, b in spans:
+            self.token_values(hs.read(a, b), None, num_threads=num_threads, out=out[:, a - start:b - start])
+        return {q: out[i] for i, q in enumerate(names)}
+
 

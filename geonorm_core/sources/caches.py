@@ -33,10 +33,11 @@ import torch
 
 from ..analysis.report import Report
 from .adapter import Analyzer
+from .hook_names import HOOK_PAIRS
 
 __all__ = ["analyze_cache"]
 
-_PAIRS = ((".hook_in", ".hook_out"), (".input", ".output"))
+_PAIRS = HOOK_PAIRS  # one home for the hook-name rules: geonorm_core.sources.hook_names
 
 
 def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask: Any = None,
