@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from .accumulate import baseline_angle_sd, baseline_cdf
+from .durable import atomic_file
 
 
 def _plt():
@@ -32,6 +33,12 @@ def _band(ax, x, rows, key, label, color):
     s = np.array([p[1][1] for p in pts])
     ax.plot(xs, m, "o-", ms=3, color=color, label=label)
     ax.fill_between(xs, m - s, m + s, color=color, alpha=0.18, lw=0)
+
+
+def _save(fig, path: str) -> None:
+    """A PNG written atomically (:mod:`geonorm_core.durable`)."""
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=120, format="png")
 
 
 def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]:
@@ -56,7 +63,7 @@ def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=120)
+        _save(fig, path)
         plt.close(fig)
         paths.append(path)
 
@@ -108,7 +115,7 @@ def save_figures(report, out_dir: str, *, layer: int | None = None) -> list[str]
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = os.path.join(out_dir, f"angle_histogram_layer{pick['layer']}.png")
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     paths.append(path)
     return paths

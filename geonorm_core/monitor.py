@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import io
 import json
 import math
 import os
@@ -61,6 +62,7 @@ import torch
 
 from .accumulate import baseline_angle_sd
 from .adapter import Analyzer, check_backend, select_sites
+from .durable import atomic_file, write_text
 from .interop import unwrap
 from .report import JsonFile, Report
 
@@ -154,18 +156,19 @@ class Timeline(JsonFile):
         empty site, layer and role, its value in ``mean`` and empty ``std``/``count``.  Floats
         are written with ``repr``, so they read back exactly (``nan`` where undefined).
         """
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "site", "layer", "role", "quantity", "mean", "std", "count"])
-            for step in self.steps:
-                for name, site in self.reports[step].sites.items():
-                    layer = site.meta.get("layer")
-                    for qname, q in site.quantities.items():
-                        w.writerow([step, name, "" if layer is None else layer, site.meta.get("role"),
-                                    qname, repr(float(q.mean)), repr(float(q.std)), q.count])
-            rows = sorted((s, n, v) for n, pts in self.scalars.items() for s, v in pts.items())
-            for step, name, value in rows:
-                w.writerow([step, "", "", "", name, repr(math.nan if value is None else value), "", ""])
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow(["step", "site", "layer", "role", "quantity", "mean", "std", "count"])
+        for step in self.steps:
+            for name, site in self.reports[step].sites.items():
+                layer = site.meta.get("layer")
+                for qname, q in site.quantities.items():
+                    w.writerow([step, name, "" if layer is None else layer, site.meta.get("role"),
+                                qname, repr(float(q.mean)), repr(float(q.std)), q.count])
+        rows = sorted((s, n, v) for n, pts in self.scalars.items() for s, v in pts.items())
+        for step, name, value in rows:
+            w.writerow([step, "", "", "", name, repr(math.nan if value is None else value), "", ""])
+        write_text(path, f.getvalue())  # atomically (geonorm_core.durable)
 
     def plot(self, path: str | os.PathLike, *, label: str | None = None) -> str:
         """Write the training-geometry figure (see :func:`plot_timelines`) to ``path``; return it."""
@@ -490,7 +493,8 @@ def plot_timelines(timelines: Mapping[str, Timeline], path: str | os.PathLike, *
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False)
     fig.suptitle(title or "Norm-site geometry during training: " + " vs ".join(timelines), fontsize=12)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as f:  # the old file or the complete new one
+        fig.savefig(f, dpi=110, format=os.path.splitext(os.fspath(path))[1][1:].lower() or "png")
     plt.close(fig)
     return os.fspath(path)
 

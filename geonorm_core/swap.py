@@ -71,6 +71,7 @@ import numpy as np
 import torch
 
 from .accumulate import Moments
+from .durable import write_text
 from .report import JsonFile
 from .sites import NormSite, find_norm_sites, hook_sites, hook_tensors
 
@@ -327,8 +328,7 @@ class SwapResult(JsonFile):
         os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, "swap.json"), os.path.join(out_dir, "swap.md")]
         self.to_json(paths[0])
-        with open(paths[1], "w", encoding="utf-8") as f:
-            f.write(self.table() + "\n")
+        write_text(paths[1], self.table() + "\n")
         return paths
 
     # -- tables ----------------------------------------------------------------------------
