@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import analyze, analyze_dump, bench, convert, dump, errors, info, prove, swap_test
 from .options import add_debug_option
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return prove.run_argv(argv[1:])
     args = build_parser().parse_args(argv)
     debug = errors.debug_requested(argv)
+    if not debug:
+        warnings.showwarning = errors.one_line_warnings(args.command, warnings.showwarning)
     try:
         return args.run(args)
     except KeyboardInterrupt:
