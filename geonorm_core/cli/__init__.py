@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return prove.run_argv(argv[1:])
     args = build_parser().parse_args(argv)
     debug = errors.debug_requested(argv)
+    shown = warnings.showwarning
     if not debug:
-        warnings.showwarning = errors.one_line_warnings(args.command, warnings.showwarning)
+        warnings.showwarning = errors.one_line_warnings(args.command, shown)
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -63,3 +64,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         errors.print_error(args.command, errors.describe(exc))
         return code
+    finally:
+        warnings.showwarning = shown

@@ -121,9 +121,9 @@ def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial
     p = Path(path)
     if not p.exists():
         raise DumpError(p, "no such file or folder")
-    if p.is_dir() and (p / MANIFEST_NAME).is_file():
+    if p.is_dir() and os.path.lexists(p / MANIFEST_NAME):  # a manifest that is no regular file: refused there
         return open_dump(p / MANIFEST_NAME, verify, partial)
-    if p.is_file() and p.name == MANIFEST_NAME:
+    if not p.is_dir() and p.name == MANIFEST_NAME:
         return open_dump(p, verify, partial)
     if p.is_dir():
         files = sorted((f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")

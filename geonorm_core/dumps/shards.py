@@ -292,7 +292,7 @@ class StreamShard(Shard):
                 if not n:
                     break
                 got += n
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
             raise DumpError(self.path, f"member {self.member!r} cannot be inflated: {exc}") from None
         if got < len(view):
             raise DumpError(self.path, f"member {self.member!r} is truncated: rows [{start}, {stop}) need "
