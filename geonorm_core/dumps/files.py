@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -123,10 +124,16 @@ def strict_json(raw: bytes | str, where: str | os.PathLike, what: str) -> Any:
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not a number JSON allows")
 
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text[:20]} is out of range")
+        return value
+
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         _check_depth(text, where, what)
-        return json.loads(text, parse_constant=no_constant)
+        return json.loads(text, parse_constant=no_constant, parse_float=finite)
     except DumpError:
         raise
     except RecursionError:
