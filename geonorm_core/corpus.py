@@ -27,7 +27,7 @@ give them: ``{"input_ids", "attention_mask"}`` of dtype ``torch.long``, shape ``
   ``tokenizer(text, add_special_tokens=False)``.  A file need not be read whole:
   :func:`text_blocks` reads it incrementally into the same blocks, so
   ``token_batches(text_blocks(path), ...)`` gives the batches of ``token_batches(read_text(path), ...)``
-  with the memory of one block (``--max-tokens 100`` on a 400 MB text reads about 2 MB of it).
+  with the memory of a block or two, whatever the size of the file.
 * **Padding**: only the final sequence can be shorter than ``seq_len``; it is padded on the right
   to the longest sequence of its batch with ``pad_token_id`` (``eos_token_id`` if the tokenizer
   has no pad token, 0 if it has neither) and its ``attention_mask`` is 0 there.  The last batch

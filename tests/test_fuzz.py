@@ -1,14 +1,27 @@
 """Hypothesis over shapes, dtypes, layouts and values: never crash, agree with the oracle,
 NaN exactly where the oracle has NaN."""
 
+import copy
+import json
+import os
+import random
+import shutil
+import signal
+import struct
+from contextlib import contextmanager
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from nasty import DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts
 
 import geonorm_core as gn
 from geonorm_core import slow
-from nasty import DTYPES, assert_angles, assert_decomposition, check_op, f64, layouts
+from geonorm_core.dumps import DumpError, analyze_dump
+from geonorm_core.dumps.formats import write_safetensors
+from geonorm_core.dumps.schema import manifest_digest
 
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -100,22 +113,6 @@ def test_norm_ops(simd, case, op, eps, affine, data):
 # mutation; GEONORM_FUZZ_CASES sets how many per target (CI: a few seconds; benchmarks/fuzz_files.py
 # runs thousands).
 
-import copy  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import struct  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from geonorm_core.dumps import DumpError, analyze_dump  # noqa: E402
-from geonorm_core.dumps.formats import write_safetensors  # noqa: E402
-from geonorm_core.dumps.schema import manifest_digest  # noqa: E402
-
 CASES = int(os.environ.get("GEONORM_FUZZ_CASES", "25"))
 SEED = int(os.environ.get("GEONORM_FUZZ_SEED", "22"))
 
@@ -196,8 +193,9 @@ def check(target, path, run, same):
 @pytest.fixture(scope="module")
 def fuzz_dump(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from geonorm_core.dumps.writing import dump
     from tiny_models import tiny
+
+    from geonorm_core.dumps.writing import dump
 
     g = torch.Generator().manual_seed(0)
     bs = [{"input_ids": torch.randint(0, 97, (2, 8), generator=g), "attention_mask": torch.ones(2, 8,
@@ -232,7 +230,7 @@ def test_hostile_manifests(fuzz_dump, tmp_path, reseal):
                 pass  # not an object of JSON: nothing to reseal
         case = fresh_copy(root, tmp_path, i)
         (case / "manifest.json").write_text(text)
-        outcomes.append(check("manifest", case, lambda: analyze_dump(case, num_threads=1),
+        outcomes.append(check("manifest", case, lambda case=case: analyze_dump(case, num_threads=1),
                               lambda rep: reseal or numbers(rep) == want))
     assert "error" in outcomes
 
@@ -255,9 +253,9 @@ def test_hostile_shard_headers(fuzz_dump, tmp_path):
         case = fresh_copy(root, tmp_path, i)
         shard = r.choice(sorted(p for p in case.rglob("shard-*.safetensors")))
         rewrite_header(shard, r)
-        outcomes.append(check("shard", case, lambda: analyze_dump(case, num_threads=1),
+        outcomes.append(check("shard", case, lambda case=case: analyze_dump(case, num_threads=1),
                               lambda rep: numbers(rep) == want))
-        check("shard --verify size", case, lambda: analyze_dump(case, num_threads=1, verify="size"),
+        check("shard --verify size", case, lambda case=case: analyze_dump(case, num_threads=1, verify="size"),
               lambda rep: True)  # size: headers and sizes only, so any report the checks let through
     assert "error" in outcomes
 
@@ -285,7 +283,7 @@ def test_hostile_foreign_safetensors(tmp_path):
                                       for k, v in arrays.items()})
             return numbers(rep) == numbers(analyze_dump(clean, num_threads=1))
 
-        outcomes.append(check("safetensors", case, lambda: analyze_dump(case, num_threads=1), oracle))
+        outcomes.append(check("safetensors", case, lambda case=case: analyze_dump(case, num_threads=1), oracle))
     assert "error" in outcomes
 
 
@@ -315,5 +313,5 @@ def test_hostile_foreign_npy(tmp_path):
             np.save(clean, np.ascontiguousarray(a))
             return numbers(rep) == numbers(analyze_dump(clean, num_threads=1))
 
-        outcomes.append(check("npy", case, lambda: analyze_dump(case, num_threads=1), oracle))
+        outcomes.append(check("npy", case, lambda case=case: analyze_dump(case, num_threads=1), oracle))
     assert "error" in outcomes and "report" in outcomes or CASES < 10

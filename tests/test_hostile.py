@@ -22,16 +22,17 @@ import pytest
 torch = pytest.importorskip("torch")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from geonorm_core import cli, durable, runtime  # noqa: E402
-from geonorm_core.corpus import read_text, text_blocks, token_batches  # noqa: E402
-from geonorm_core.dumps import reading  # noqa: E402
-from geonorm_core.dumps.formats import write_safetensors  # noqa: E402
-from geonorm_core.dumps.reading import analyze_dump, open_activations  # noqa: E402
-from geonorm_core.dumps.schema import ROLES, manifest_digest  # noqa: E402
-from geonorm_core.dumps.shards import DumpError  # noqa: E402
-from geonorm_core.dumps.writing import dump  # noqa: E402
-from geonorm_core.report import Report  # noqa: E402
-from tiny_models import tiny  # noqa: E402
+from tiny_models import tiny
+
+from geonorm_core import cli, durable, runtime
+from geonorm_core.corpus import read_text, text_blocks, token_batches
+from geonorm_core.dumps import reading
+from geonorm_core.dumps.formats import write_safetensors
+from geonorm_core.dumps.reading import analyze_dump, open_activations
+from geonorm_core.dumps.schema import ROLES, manifest_digest
+from geonorm_core.dumps.shards import DumpError
+from geonorm_core.dumps.writing import dump
+from geonorm_core.report import Report
 
 
 def batches(n=4, b=2, t=10, seed=0):
@@ -212,8 +213,7 @@ def test_2_a_shard_header_with_a_string_offset_is_named(dumped):
     header = raw[8:8 + n].decode()
     bad = header.replace('"data_offsets":[0,', '"data_offsets":["0",', 1)
     assert bad != header
-    if bad.endswith("  "):  # keep the file's size: the header is what must be refused
-        bad = bad[:-2]
+    bad = bad.removesuffix("  ")  # keep the file's size where the padding allows: the header must be refused
     shard.write_bytes(struct.pack("<Q", len(bad.encode())) + bad.encode() + raw[8 + n:])
     for verify in ("sha256", "size"):
         with pytest.raises(DumpError) as err:
@@ -354,8 +354,9 @@ def test_5_a_device_behind_a_symlink_is_refused(tmp_path, capsys):
     with deadline(), pytest.raises(DumpError, match="character device"):
         analyze_dump(link)
     code, err = run_cli(["analyze-dump", str(link), "--out", str(tmp_path / "o")], capsys)
-    assert code == 1 and err == [f"geonorm analyze-dump: error: {link}: is a character device, not a regular "
-                                 f"file: geonorm reads only regular files"]
+    want = f"geonorm analyze-dump: error: {link}: is a character device, not a regular file: geonorm reads only " \
+           f"regular files"
+    assert code == 1 and err == [want]
 
 
 def test_5_a_shard_or_manifest_replaced_by_a_fifo_is_refused(dumped):
@@ -502,8 +503,9 @@ def test_9_huge_thread_counts_are_clamped(tmp_path, monkeypatch, capsys):
                              "--out", str(tmp_path / "o")], capsys)
     assert code == 0
     warned = [line.rsplit("\r", 1)[-1].split("]", 1)[-1] for line in err if "clamped" in line]  # past tqdm's bar
-    assert warned == [f"geonorm analyze-dump: warning: num_threads=99999999999 is more threads than this "
-                      f"machine can use; clamped to {runtime.max_threads()}"]
+    want = (f"geonorm analyze-dump: warning: num_threads=99999999999 is more threads than this machine can use; "
+            f"clamped to {runtime.max_threads()}")
+    assert warned == [want]
 
 
 # ---- 10. --text is streamed ------------------------------------------------------------------
@@ -513,8 +515,7 @@ def test_10_a_large_text_is_streamed(tmp_path, byte_tokenizer):
     line = "The quick brown fox jumps over the lazy dog. " * 20 + "\n"
     big, small = tmp_path / "big.txt", tmp_path / "small.txt"
     with open(big, "w") as f:
-        for _ in range(40_000):  # 36 MB
-            f.write(line)
+        f.writelines(line for _ in range(40_000))  # 36 MB
     small.write_text(line * 3000)  # 2.7 MB: a few blocks of about 1 MB
 
     def peak(path):

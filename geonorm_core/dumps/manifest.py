@@ -2,10 +2,12 @@
 
 A dump (written by :mod:`.writing`) is a folder with ``manifest.json``, a params file
 holding every site's gain and bias, and per site a series of safetensors shards of
-"hidden" and "post" rows.  Opening checks everything that costs no full read: each
-shard's size and header against the manifest (rows, d, dtype, byte ranges), that the
-dump finished, and -- with ``verify="sha256"`` -- arranges each shard's digest to be
-checked before its rows count (:mod:`.verify` remembers files that already hashed right).
+"hidden" and "post" rows.  Opening checks everything that costs no full read: the manifest whole
+against its schema (:mod:`.schema`) and its own digest, every path it names to stay inside
+the dump (:mod:`.files`), each shard's size and header against the manifest (rows, d,
+dtype, byte ranges), that the dump finished, and -- with ``verify="sha256"`` -- arranges
+each shard's digest to be checked before its rows count (:mod:`.verify` remembers files
+that already hashed right).
 """
 from __future__ import annotations
 
