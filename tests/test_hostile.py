@@ -545,3 +545,19 @@ def test_10_streamed_blocks_are_the_blocks_of_the_whole_text(tmp_path, monkeypat
     (tmp_path / "ws.txt").write_text(" \n\t ")
     with pytest.raises(ValueError, match="whitespace only"):
         list(text_blocks(tmp_path / "ws.txt"))
+
+
+def test_7_version_1_dumps_are_still_read_and_a_resume_seals_them(dumped, llama):
+    want = analyze_dump(dumped).to_dict()["sites"]
+
+    def as_version_1(m):
+        m.pop("manifest_sha256")
+        m["version"] = 1
+
+    edit_manifest(dumped, as_version_1, reseal=False)
+    assert analyze_dump(dumped).to_dict()["sites"] == want
+    dump(llama, batches(), dumped, resume=True)  # complete: nothing to write, nothing changes
+    assert json.loads((dumped / "manifest.json").read_text())["version"] == 1
+    edit_manifest(dumped, lambda m: m.update(version=3), reseal=False)
+    with pytest.raises(DumpError, match="version 3"):
+        analyze_dump(dumped)

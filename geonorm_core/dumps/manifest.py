@@ -59,7 +59,7 @@ def read_manifest(path: str | os.PathLike, *, verify: str = "sha256") -> dict:
         raise DumpError(path, f"not a geonorm dump manifest (format {str(fmt)[:40]!r})")
     version = man.get("version")
     if isinstance(version, bool) or version not in READ_VERSIONS:
-        raise DumpError(path, f"dump format version {str(version)[:20]!r}; this geonorm reads "
+        raise DumpError(path, f"dump format version {str(version)[:20]}; this geonorm reads "
                               f"{', '.join(map(str, READ_VERSIONS))}")
     check_manifest(man, path, version=version)
     if verify != "size" and DIGEST_KEY in man and man[DIGEST_KEY] != manifest_digest(man):

@@ -228,7 +228,7 @@ class _ReadAhead:
 
 def _advise_file(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never waits on a FIFO
     except OSError:
         return
     try:
