@@ -243,16 +243,18 @@ def test_3_a_full_disk_leaves_the_old_report_and_names_the_path(tmp_path, monkey
 
 
 def test_3_report_save_writes_every_file_through_the_durable_helpers(tmp_path, clean_dump, monkeypatch):
-    written = []
-    real = durable.atomic_file
+    renamed = []
+    real = os.replace
 
-    def spy(path, **kw):
-        written.append(os.path.basename(os.fspath(path)))
-        return real(path, **kw)
+    def spy(src, dst):  # the rename every durable write ends with (temporary name -> final name)
+        renamed.append((os.path.basename(src), os.path.basename(dst)))
+        return real(src, dst)
 
-    monkeypatch.setattr(durable, "atomic_file", spy)
+    monkeypatch.setattr(durable.os, "replace", spy)
     paths = analyze_dump(clean_dump).save(tmp_path / "out")
-    assert sorted(written) == sorted(os.path.basename(p) for p in paths)
+    assert any(p.endswith(".png") for p in paths)
+    assert sorted(dst for _, dst in renamed) == sorted(os.path.basename(p) for p in paths)
+    assert all(src == f".{dst}.{os.getpid()}.tmp" for src, dst in renamed)
 
 
 def hold_lock_in_another_process(folder):
