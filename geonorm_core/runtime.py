@@ -2,7 +2,10 @@
 
 ``GEONORM_SIMD=scalar|avx2|avx512`` forces a SIMD path at import (where the CPU
 has it); ``GEONORM_NUM_THREADS`` sets the default thread count (else OpenMP's
-default, i.e. ``OMP_NUM_THREADS`` or the number of cores).
+default, i.e. ``OMP_NUM_THREADS`` or the number of cores).  A thread count above
+:func:`max_threads` (from the environment, ``--threads`` or ``num_threads=``) is
+clamped to it with a warning: more threads only slow the kernels down, and
+counts past a C ``int`` would not even reach them.
 """
 from __future__ import annotations
 
@@ -18,6 +21,21 @@ __version__ = "0.1.0"
 _num_threads: int = 0  # 0: not chosen yet
 
 
+def max_threads() -> int:
+    """The most threads the core runs: 4 per CPU core (at least 8); more are clamped to it."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
+def clamp_threads(n: int, what: str = "num_threads") -> int:
+    """``n`` threads, or :func:`max_threads` with a ``RuntimeWarning`` when ``n`` is larger."""
+    limit = max_threads()
+    if n > limit:
+        warnings.warn(f"{what}={n} is more threads than this machine can use; clamped to {limit}",
+                      RuntimeWarning, stacklevel=3)
+        return limit
+    return n
+
+
 def _env_threads() -> int:
     value = os.environ.get("GEONORM_NUM_THREADS", "")
     if value.strip():
@@ -26,10 +44,10 @@ def _env_threads() -> int:
         except ValueError:
             n = 0
         if n >= 1:
-            return n
+            return clamp_threads(n, "GEONORM_NUM_THREADS")
         warnings.warn(f"GEONORM_NUM_THREADS must be a positive integer, got {value!r}; ignored",
                       RuntimeWarning, stacklevel=3)
-    return _core.max_threads()
+    return clamp_threads(_core.max_threads(), "OMP_NUM_THREADS")
 
 
 def get_num_threads() -> int:
@@ -51,7 +69,7 @@ def resolve_threads(num_threads: int | None) -> int:
         return get_num_threads()
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-    return num_threads
+    return clamp_threads(num_threads)
 
 
 def kernel_info() -> dict:

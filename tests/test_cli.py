@@ -22,13 +22,13 @@ def test_prove_passes_its_options_through(capsys):
 
 def test_bench_rejects_an_unknown_op():
     with pytest.raises(ValueError, match="op must be"):
-        from geonorm_core import bench
+        from geonorm_core.experiments import bench
 
         bench.bench_case("nope", 64, 16, "fp32", repeats=1)
 
 
 def test_bench_interleaved_ratios_are_measured(capsys):
-    from geonorm_core import bench
+    from geonorm_core.experiments import bench
 
     r = bench.rows_per_second_vs_fp32(rows=64, d=256, repeats=3)
     assert set(r) == {"bf16", "fp16"}

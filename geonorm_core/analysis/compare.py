@@ -13,11 +13,13 @@ figures, compare.md and two CSV files.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..durable import write_text
 from .paper import QUANTITIES, markdown_table, model_label, paper_summaries, summary
 from .report import Report
 
@@ -111,15 +113,16 @@ class Comparison:
         """compare.csv: one row per model (then the paper's), each quantity's mean, SD and paper ±."""
         head = ["model", "source", "norm", "d", "layers", "tokens", "partial", "baseline_sd"]
         head += [f"{q}_{s}" for q in QUANTITIES for s in ("mean", "sd", "paper_pm")]
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(head)
-            for row in self.summaries() + paper_summaries():
-                out = [row[k] for k in head[:8]]
-                for q in QUANTITIES:
-                    v = row[q] or {}
-                    out += [v.get("mean"), v.get("sd"), v.get("paper_pm")]
-                w.writerow(["" if x is None else x for x in out])
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow(head)
+        for row in self.summaries() + paper_summaries():
+            out = [row[k] for k in head[:8]]
+            for q in QUANTITIES:
+                v = row[q] or {}
+                out += [v.get("mean"), v.get("sd"), v.get("paper_pm")]
+            w.writerow(["" if x is None else x for x in out])
+        write_text(path, f.getvalue())
 
     def layers_to_csv(self, path: str | os.PathLike) -> None:
         """compare_layers.csv: long format, one row per (model, stack, layer, quantity): mean and SD."""
@@ -127,15 +130,16 @@ class Comparison:
 
         keys = ("hidden_angle", "post1_angle", "post2_angle", "hidden_norm", "post1_norm", "rotation1",
                 "rotation2", "gap1", "max_abs")
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["model", "stack", "layer", "relative_depth", "quantity", "mean", "sd"])
-            for label, report in self.labelled():
-                for stack, depth, rows in depth_series(report):
-                    for x, r in zip(depth, rows):
-                        for k in keys:
-                            if r.get(k) is not None:
-                                w.writerow([label, stack, r["layer"], repr(float(x)), k, repr(r[k][0]), repr(r[k][1])])
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow(["model", "stack", "layer", "relative_depth", "quantity", "mean", "sd"])
+        for label, report in self.labelled():
+            for stack, depth, rows in depth_series(report):
+                for x, r in zip(depth, rows):
+                    for k in keys:
+                        if r.get(k) is not None:
+                            w.writerow([label, stack, r["layer"], repr(float(x)), k, repr(r[k][0]), repr(r[k][1])])
+        write_text(path, f.getvalue())
 
     def to_html(self) -> str:
         """compare.html: one self-contained page (see :mod:`geonorm_core.analysis.report_html`)."""
@@ -200,8 +204,7 @@ class Comparison:
         paths = [os.path.join(out_dir, n) for n in ("compare.html", "compare.md", "compare.csv",
                                                     "compare_layers.csv")]
         for path, text in ((paths[0], self.to_html()), (paths[1], self.to_markdown())):
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
+            write_text(path, text)   # atomic, like every file a report writes
         self.to_csv(paths[2])
         self.layers_to_csv(paths[3])
         return paths + save_comparison_figures(self.labelled(), os.fspath(out_dir))

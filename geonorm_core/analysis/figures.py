@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..durable import atomic_file
 from .baseline import baseline_angle_sd, baseline_cdf
 
 #: Okabe-Ito colours (distinct for the common colour-vision deficiencies), then markers and dashes,
@@ -157,7 +158,8 @@ def _save(figs: Sequence[tuple[str, Any]], out_dir: str, *, close: bool = True) 
     paths = []
     for name, fig in figs:
         path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=120)
+        with atomic_file(path) as f:   # a crash or a full disk never leaves half a PNG
+            fig.savefig(f, dpi=120, format="png")
         if close:
             plt.close(fig)
         paths.append(path)

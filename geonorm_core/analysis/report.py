@@ -20,6 +20,7 @@ through JSON.  Everything a reader sees is derived here:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..durable import write_json, write_text
 from .accumulate import SiteStats
 from .baseline import baseline_angle_sd, compare_to_baseline
 
@@ -38,11 +40,12 @@ _ROLE_LABEL = {"LN1": "LN1", "LN2": "LN2", "post_attn": "attn-LN", "post_mlp": "
 
 
 class JsonFile:
-    """``to_json``/``from_json`` for a class with ``to_dict``/``from_dict`` (strict JSON: no NaN)."""
+    """``to_json``/``from_json`` for a class with ``to_dict``/``from_dict`` (strict JSON: no NaN).
+
+    ``to_json`` writes atomically (:mod:`geonorm_core.durable`): the old file or the new one, never a part."""
 
     def to_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, allow_nan=False)
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike):
@@ -223,27 +226,31 @@ class Report(JsonFile):
         names = list(next(iter(self.sites.values())).quantities) if self.sites else []
         head = ["name", "stack", "layer", "role", "kind", "d", "tokens"]
         head += [f"{q}_{s}" for q in names for s in ("mean", "std", "min", "max")]
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(head)
-            for name, site in self.sites.items():
-                m = site.meta
-                row = [name, m.get("stack") or "", m.get("layer"), m.get("role"), m.get("kind"), m.get("d"),
-                       site.tokens]
-                for q in names:
-                    qq = site[q]
-                    row += [qq.mean, qq.std, qq.min, qq.max]
-                w.writerow(row)
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow(head)
+        for name, site in self.sites.items():
+            m = site.meta
+            row = [name, m.get("stack") or "", m.get("layer"), m.get("role"), m.get("kind"), m.get("d"),
+                   site.tokens]
+            for q in names:
+                qq = site[q]
+                row += [qq.mean, qq.std, qq.min, qq.max]
+            w.writerow(row)
+        write_text(path, f.getvalue())
 
     def save(self, out_dir: str | os.PathLike, *, figures: bool = True) -> list[str]:
         """Write report.json, sites.csv, tables.md and (with matplotlib) report.html and PNG figures;
-        return the paths."""
+        return the paths.
+
+        Every file goes through :mod:`geonorm_core.durable` (``write_text``, ``write_json``,
+        ``atomic_file``): a reader, a crash or a full disk never leaves a truncated file, and a
+        failed write names its path."""
         os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, n) for n in ("report.json", "sites.csv", "tables.md")]
         self.to_json(paths[0])
         self.to_csv(paths[1])
-        with open(paths[2], "w", encoding="utf-8") as f:
-            f.write(self.table())
+        write_text(paths[2], self.table())
         if figures:
             from .figures import _save, report_figures
 
@@ -258,8 +265,7 @@ class Report(JsonFile):
         ``figures``: :func:`~geonorm_core.analysis.figures.report_figures` already drawn (default: drawn here)."""
         from .report_html import render_report
 
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(render_report(self, figures=figures))
+        write_text(path, render_report(self, figures=figures))
         return os.fspath(path)
 
     def _repr_html_(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import analyze, analyze_dump, bench, compare, convert, dump, errors, info, prove, swap_test
 from .options import add_debug_option
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return prove.run_argv(argv[1:])
     args = build_parser().parse_args(argv)
     debug = errors.debug_requested(argv)
+    shown = warnings.showwarning
+    if not debug:
+        warnings.showwarning = errors.one_line_warnings(args.command, shown)
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -60,3 +64,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         errors.print_error(args.command, errors.describe(exc))
         return code
+    finally:
+        warnings.showwarning = shown

@@ -64,6 +64,7 @@ class _StopOnInterrupt:
         return self.requested
 
 
+@preflight.holds_out_lock
 def run(args: argparse.Namespace) -> int:
     from ..sources.checkpoint import analyze_checkpointed
 

@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial", action="store_true", help="analyze an interrupted dump's batches")
 
 
+@preflight.holds_out_lock
 def run(args: argparse.Namespace) -> int:
     if not Path(args.path).exists():
         raise UsageError(f"{args.path}: no such file or folder")

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from ..durable import write_json
 from .options import positive_int
 
 HELP = "speed of the core against torch and a NumPy bandwidth probe"
@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(bench.site_ratio_table(sites))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": [r.as_dict() for r in rows], "site_values": sites}, f,
-                      indent=2)
+        write_json(args.json, {"environment": env, "rows": [r.as_dict() for r in rows], "site_values": sites},
+                   indent=2)
         print(f"wrote {args.json}")
     return 0

@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "each report's model name)")
 
 
+@preflight.holds_out_lock
 def run(args: argparse.Namespace) -> int:
     from ..analysis.compare import compare
 

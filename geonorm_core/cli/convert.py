@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="float32 (default) or float64; 16-bit weights are refused (centring must be exact)")
 
 
+@preflight.holds_out_lock
 def run(args: argparse.Namespace) -> int:
     from ..experiments.convert import convert_model, describe
 

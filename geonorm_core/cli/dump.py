@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-first-token", action="store_true", help="drop each sequence's first token")
 
 
+@preflight.holds_out_lock
 def run(args: argparse.Namespace) -> int:
     from ..dumps.manifest import read_manifest
     from ..dumps.writing import dump  # torch is imported only when the command runs

@@ -67,6 +67,17 @@ def print_error(command: str, message: str) -> None:
     print(f"geonorm {command}: error: {message}", file=sys.stderr)
 
 
+def one_line_warnings(command: str, default):
+    """A ``warnings.showwarning`` that prints geonorm's own warnings as one line,
+    ``geonorm <command>: warning: ...`` (others as ``default`` does)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(Path(filename).resolve()).startswith(_PACKAGE):
+            print(f"geonorm {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def describe(exc: BaseException) -> str:
     """One line for an exception: its message, with an OSError's path and reason."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:

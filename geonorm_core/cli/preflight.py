@@ -1,11 +1,15 @@
 """Checks made before any model runs, so a long command fails in its first second, not its last hour."""
 from __future__ import annotations
 
+import argparse
+import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from ..durable import folder_lock
 from .errors import CommandError, UsageError
 
 #: What a report folder takes at most per norm site (JSON with 7 quantities x 180 bins, CSV,
@@ -27,6 +31,18 @@ def writable_folder(path: str, option: str = "--out") -> Path:
     return folder
 
 
+def holds_out_lock(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command holding the advisory lock of its ``--out`` folder (:func:`geonorm_core.durable.folder_lock`):
+    a second geonorm writing into the same folder fails at once with a one-line error naming the
+    holder, and a lock left by a killed run is taken over."""
+    @functools.wraps(run)
+    def locked(args: argparse.Namespace) -> int:
+        folder = writable_folder(args.out)
+        with folder_lock(folder, f"geonorm {getattr(args, 'command', None) or 'command'}"):
+            return run(args)
+    return locked
+
+
 def disk_room(folder: Path, need: int, what: str) -> None:
     free = shutil.disk_usage(folder).free
     if free < need:
@@ -38,7 +54,7 @@ def readable_text(path: str | None) -> None:
     """``--text``: a readable UTF-8 file (None: the bundled corpus)."""
     if path is None:
         return
-    from ..models.corpus import read_text
+    from ..models.corpus import check_text
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -46,7 +62,7 @@ def readable_text(path: str | None) -> None:
     if not os.access(p, os.R_OK):
         raise UsageError(f"--text {path}: not readable (permission denied)")
     try:
-        read_text(p)
+        check_text(p)  # read a block at a time: a 400 MB text costs no 400 MB
     except ValueError as exc:
         raise CommandError(f"--text {path}: {exc}") from None
 

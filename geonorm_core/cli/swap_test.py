@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="geonorm-swap", help="result folder (default: geonorm-swap)")
 
 
+@preflight.holds_out_lock
 def run(args: argparse.Namespace) -> int:
     from ..experiments.swap import swap_test  # torch is imported only when the command runs
 

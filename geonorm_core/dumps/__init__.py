@@ -3,6 +3,8 @@
 =============  ===========================================================================
 ``writing``    :func:`dump`: a model's norm-site activations as resumable safetensors shards
 ``manifest``   geonorm's dump format: the manifest, a dump's sites opened and checked
+``schema``     the manifest's schema, every field checked before use, and its own digest
+``files``      regular files only, paths inside the dump only, strict JSON
 ``formats``    safetensors (read and write) and the arrays users have: .npy/.npz/.pt
 ``shards``     :class:`Shard` (rows of one file) and :class:`ActivationSite` (a site's rows)
 ``verify``     sha256 of shards, and the record of files already checked

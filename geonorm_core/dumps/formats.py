@@ -26,7 +26,17 @@ import ml_dtypes
 import numpy as np
 
 from ..durable import atomic_write
-from .shards import DEFAULT_EPS, ActivationSite, ArrayShard, DumpError, FileShard, Shard, StreamShard, load_torch
+from .files import open_regular, regular_file, strict_json
+from .shards import (
+    DEFAULT_EPS,
+    ActivationSite,
+    ArrayShard,
+    DumpError,
+    FileShard,
+    Shard,
+    StreamShard,
+    load_torch,
+)
 
 __all__ = ["ARRAY_SUFFIXES", "SAFETENSORS_CODES", "SAFETENSORS_DTYPES", "open_arrays", "prod",
            "read_safetensors_header", "safetensors_chunks", "write_safetensors"]
@@ -85,13 +95,17 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], i
     """Parse a safetensors header: ({name: {dtype, code, shape, data_offsets}}, data start).
 
     Format: an 8-byte little-endian header length n, n bytes of JSON (padded with spaces),
-    then the tensors' bytes; ``data_offsets`` are relative to the end of the header.  Checks
-    that every dtype is one geonorm reads (:data:`SAFETENSORS_DTYPES`), that each byte range
-    holds its shape, and that the file is long enough.
+    then the tensors' bytes; ``data_offsets`` are relative to the end of the header.  Checked as
+    the format says, for geonorm's own files and foreign ones alike: a regular file; strict JSON
+    (no NaN, bounded depth); each entry an object with exactly ``dtype``, ``shape`` and
+    ``data_offsets``; a dtype geonorm reads (:data:`SAFETENSORS_DTYPES`, exact names); a shape
+    of non-negative integers whose product fills the byte range; byte ranges of two
+    non-negative integers that do not overlap, leave no hole and end at the end of the file.
+    Failures are :class:`DumpError` naming the file and the tensor.
     """
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise DumpError(path, f"truncated: {size} bytes, not even a safetensors header length")
@@ -99,31 +113,51 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], i
         if n > _MAX_HEADER or 8 + n > size:
             raise DumpError(path, f"truncated or not safetensors: header length {n}, file size {size}")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DumpError(path, f"safetensors header is not valid JSON ({exc})") from None
+    header = strict_json(raw, path, "the safetensors header")
     if not isinstance(header, dict):
         raise DumpError(path, "safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DumpError(path, "safetensors __metadata__ must map names to strings")
     start = 8 + n
-    out = {}
-    for key, t in header.items():
-        try:
-            code, shape, (b, e) = t["dtype"], [int(s) for s in t["shape"]], t["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise DumpError(path, f"tensor {key!r}: malformed header entry {t!r}") from None
-        if code not in SAFETENSORS_DTYPES:
-            raise DumpError(path, f"tensor {key!r} has dtype {code}; geonorm reads "
-                                  f"{', '.join(SAFETENSORS_DTYPES)}")
-        dtype = SAFETENSORS_DTYPES[code]
-        if not (0 <= b <= e) or e - b != prod(shape) * dtype.itemsize:
-            raise DumpError(path, f"tensor {key!r}: byte range [{b}, {e}) does not hold shape {shape} "
-                                  f"of {code}")
-        if start + e > size:
-            raise DumpError(path, f"truncated: tensor {key!r} ends at byte {start + e}, the file has {size}")
-        out[key] = {"dtype": dtype, "code": code, "shape": shape, "data_offsets": [b, e]}
+    out = {key: _tensor_entry(path, key, t) for key, t in header.items()}
+    end = 0
+    for key, t in sorted(out.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+        b, e = t["data_offsets"]
+        if b != end:
+            raise DumpError(path, f"tensor {key!r}: byte range [{b}, {e}) " + (
+                "overlaps the tensor before it" if b < end else f"leaves a hole after byte {end}"))
+        end = e
+    if start + end != size:
+        raise DumpError(path, f"truncated or padded: the tensors end at byte {start + end}, the file has {size}")
     return out, start
+
+
+def _tensor_entry(path: Path, key: str, t: Any) -> dict:
+    """One tensor's header entry, every field checked."""
+    if not isinstance(t, dict) or set(t) != {"dtype", "shape", "data_offsets"}:
+        raise DumpError(path, f"tensor {key!r}: header entry must hold exactly dtype, shape and data_offsets, "
+                              f"got {str(t)[:80]}")
+    code, shape, offsets = t["dtype"], t["shape"], t["data_offsets"]
+    if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
+        raise DumpError(path, f"tensor {key!r} has dtype {str(code)[:20]}; geonorm reads "
+                              f"{', '.join(SAFETENSORS_DTYPES)}")
+    if not isinstance(shape, list) or not all(_count(s) for s in shape):
+        raise DumpError(path, f"tensor {key!r}: shape {str(shape)[:60]} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise DumpError(path, f"tensor {key!r}: data_offsets {str(offsets)[:60]} is not [begin, end] with "
+                              f"0 <= begin <= end")
+    dtype = SAFETENSORS_DTYPES[code]
+    b, e = offsets
+    if e - b != prod(shape) * dtype.itemsize:
+        raise DumpError(path, f"tensor {key!r}: byte range [{b}, {e}) does not hold shape {shape} of {code}")
+    return {"dtype": dtype, "code": code, "shape": list(shape), "data_offsets": [b, e]}
+
+
+def _count(v: Any) -> bool:
+    """A non-negative integer (not a bool, a float or a string) below 2**62."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 62)
 
 
 def prod(shape: Iterable[int]) -> int:
@@ -204,6 +238,7 @@ def _check_dtype(f: Path, key: Any, dtype: np.dtype) -> np.dtype:
 def _arrays_of(f: Path) -> dict[Any, _Array]:
     suffix = f.suffix.lower()
     try:
+        regular_file(f)  # a FIFO or a device would hang or never end
         if suffix == ".npy":
             return {None: _npy_array(f)}
         if suffix == ".npz":
@@ -227,15 +262,17 @@ def _npy_header(fp: Any, f: Path, key: Any = None) -> tuple[tuple, bool, np.dtyp
         shape, fortran, dtype = np.lib.format._read_array_header(fp, version)
     if dtype.hasobject:
         raise DumpError(f, f"{_label(key)}holds Python objects, not numbers")
+    if not all(_count(s) for s in shape):
+        raise DumpError(f, f"{_label(key)}has shape {tuple(shape)}: dimensions must be non-negative integers")
     return tuple(shape), bool(fortran), _check_dtype(f, key, dtype)
 
 
 def _npy_array(f: Path) -> _Array:
-    with open(f, "rb") as fp:
+    with open_regular(f) as fp:
         shape, fortran, dtype = _npy_header(fp, f)
         offset = fp.tell()
+        size = os.fstat(fp.fileno()).st_size
     need = offset + prod(shape) * dtype.itemsize
-    size = f.stat().st_size
     if size < need:
         raise DumpError(f, f"truncated: shape {shape} of {dtype} needs {need} bytes, the file has {size}")
     if fortran and len(shape) > 1:
@@ -245,7 +282,8 @@ def _npy_array(f: Path) -> _Array:
 
 def _npz_arrays(f: Path) -> dict[Any, _Array]:
     out = {}
-    with zipfile.ZipFile(f) as z, open(f, "rb") as raw:
+    with open_regular(f) as raw, zipfile.ZipFile(raw) as z:
+        size = os.fstat(raw.fileno()).st_size
         for info in z.infolist():
             if not info.filename.endswith(".npy"):
                 continue
@@ -267,10 +305,12 @@ def _npz_arrays(f: Path) -> dict[Any, _Array]:
                     raise DumpError(f, f"member {key!r}: bad local zip header")
                 n_name, n_extra = struct.unpack("<HH", local[26:30])
                 offset = info.header_offset + 30 + n_name + n_extra + hbytes
-                if offset + nbytes > f.stat().st_size:
+                if offset + nbytes > size:
                     raise DumpError(f, f"truncated: member {key!r} ends past the end of the file")
+                # mapped, not inflated: zipfile's CRC-32 check never runs, so the shard checks it
+                crc = (offset - hbytes, info.file_size, info.CRC, f"member {key!r}")
                 out[key] = _Array(shape, dtype,
-                                  lambda rows, d, o=offset, t=dtype: FileShard(f, o, rows, d, t))
+                                  lambda rows, d, o=offset, t=dtype, c=crc: FileShard(f, o, rows, d, t, crc=c))
             else:
                 out[key] = _Array(shape, dtype, lambda rows, d, k=info.filename, h=hbytes, t=dtype:
                                   StreamShard(f, k, h, rows, d, t))

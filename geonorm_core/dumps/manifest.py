@@ -2,108 +2,134 @@
 
 A dump (written by :mod:`.writing`) is a folder with ``manifest.json``, a params file
 holding every site's gain and bias, and per site a series of safetensors shards of
-"hidden" and "post" rows.  Opening checks everything that costs no full read: each
-shard's size and header against the manifest (rows, d, dtype, byte ranges), that the
-dump finished, and -- with ``verify="sha256"`` -- arranges each shard's digest to be
-checked before its rows count (:mod:`.verify` remembers files that already hashed right).
+"hidden" and "post" rows.  Opening checks everything that costs no full read: the manifest whole
+against its schema (:mod:`.schema`) and its own digest, every path it names to stay inside
+the dump (:mod:`.files`), each shard's size and header against the manifest (rows, d,
+dtype, byte ranges), that the dump finished, and -- with ``verify="sha256"`` -- arranges
+each shard's digest to be checked before its rows count (:mod:`.verify` remembers files
+that already hashed right).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .formats import prod, read_safetensors_header
+from .files import inside, open_regular, regular_file, strict_json
+from .formats import read_safetensors_header
+from .schema import DIGEST_KEY, check_manifest, manifest_digest
 from .shards import DEFAULT_EPS, ActivationSite, DumpError, FileShard
 from .verify import VerifiedFiles, hash_file
 
-__all__ = ["DUMP_FORMAT", "DUMP_VERSION", "MANIFEST_NAME", "VERIFY_MODES", "open_dump", "read_manifest"]
+__all__ = ["DUMP_FORMAT", "DUMP_VERSION", "MANIFEST_NAME", "READ_VERSIONS", "VERIFY_MODES", "open_dump",
+           "read_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 DUMP_FORMAT = "geonorm-dump"
-DUMP_VERSION = 1
+#: The version geonorm writes (2: the manifest carries its own digest) ...
+DUMP_VERSION = 2
+#: ... and the versions it reads.
+READ_VERSIONS = (1, 2)
+_MAX_MANIFEST = 1 << 30
 
 #: How much of a geonorm dump is checked before its rows count (see :func:`open_activations`).
 VERIFY_MODES = ("sha256", "rehash", "size")
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
-    """The JSON manifest of a geonorm dump, with its format checked."""
+def read_manifest(path: str | os.PathLike, *, verify: str = "sha256") -> dict:
+    """The JSON manifest of a geonorm dump, parsed strictly and checked against its schema.
+
+    Every field is checked (:func:`geonorm_core.dumps.schema.check_manifest`) and, unless
+    ``verify="size"``, the manifest's own digest too (an edited manifest is refused).
+
+    Raises
+    ------
+    DumpError
+        naming the manifest and the field: not a regular file, not JSON, not a geonorm manifest,
+        a field missing or out of range, or a digest that does not match.
+    """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            man = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DumpError(path, f"cannot read the manifest: {exc}") from None
+    with open_regular(path) as f:
+        raw = f.read(_MAX_MANIFEST + 1)
+    if len(raw) > _MAX_MANIFEST:
+        raise DumpError(path, f"the manifest is over {_MAX_MANIFEST >> 20} MiB: not one geonorm wrote")
+    man = strict_json(raw, path, "the manifest")
     fmt = man.get("format") if isinstance(man, dict) else None
     if fmt != DUMP_FORMAT:
-        raise DumpError(path, f"not a geonorm dump manifest (format {fmt!r})")
-    if man.get("version") != DUMP_VERSION:
-        raise DumpError(path, f"dump format version {man.get('version')!r}; this geonorm reads "
-                              f"{DUMP_VERSION}")
+        raise DumpError(path, f"not a geonorm dump manifest (format {str(fmt)[:40]!r})")
+    version = man.get("version")
+    if isinstance(version, bool) or version not in READ_VERSIONS:
+        raise DumpError(path, f"dump format version {str(version)[:20]}; this geonorm reads "
+                              f"{', '.join(map(str, READ_VERSIONS))}")
+    check_manifest(man, path, version=version)
+    if verify != "size" and DIGEST_KEY in man and man[DIGEST_KEY] != manifest_digest(man):
+        raise DumpError(path, f"{DIGEST_KEY} does not match the manifest: it was edited or corrupted "
+                              f"after geonorm wrote it (--verify size skips this check)")
     return man
 
 
 def open_dump(manifest: Path, verify: str, partial: bool) -> list[ActivationSite]:
-    man = read_manifest(manifest)
+    man = read_manifest(manifest, verify=verify)
     root = manifest.parent
-    if not man.get("complete") and not partial:
-        raise DumpError(manifest, f"the dump is incomplete (interrupted after {man.get('batches_done', 0)} "
+    if not man["complete"] and not partial:
+        raise DumpError(manifest, f"the dump is incomplete (interrupted after {man['batches_done']} "
                                   f"batches): finish it with `geonorm dump --resume`, or pass partial=True "
                                   f"(--partial) to analyze the batches written")
     record = VerifiedFiles(root) if verify != "size" else None
-    params = _read_params(root, man.get("params"), verify, record)
+    params, params_path = _read_params(root, manifest, man.get("params"), verify, record)
     report_meta = {**man.get("report_meta", {}), "source": str(root)}
     sites = []
-    for entry in man.get("sites", []):
-        try:
-            name, meta, shards = entry["name"], entry["meta"], entry["shards"]
-        except (KeyError, TypeError):
-            raise DumpError(manifest, f"malformed site entry {str(entry)[:120]}") from None
-        d = int(meta["d"])
+    for i, entry in enumerate(man["sites"]):
+        name, meta = entry["name"], entry["meta"]
+        d = meta["d"]
         hidden, post = [], []
-        for sh in shards:
-            h, p_ = _open_dump_shard(root, sh, d, verify, record)
+        for j, sh in enumerate(entry["shards"]):
+            path = inside(root, sh["file"], f"sites[{i}].shards[{j}].file", manifest)
+            h, p_ = _open_dump_shard(path, sh, d, verify, record)
             hidden.append(h)
             post.append(p_)
-        if sum(s.rows for s in hidden) != int(entry.get("rows", -1)):
-            raise DumpError(manifest, f"site {name}: manifest says {entry.get('rows')} rows, its shards list "
-                                      f"{sum(s.rows for s in hidden)}")
-        gain = params.get(entry.get("gain")) if entry.get("gain") else None
-        bias = params.get(entry.get("bias")) if entry.get("bias") else None
-        for what, v in (("gain", gain), ("bias", bias)):
-            if v is not None and v.shape != (d,):
-                raise DumpError(root / man["params"]["file"],
-                                f"site {name}: {what} has shape {v.shape}, d={d}")
+        values = {}
+        for what in ("gain", "bias"):
+            key = entry.get(what)
+            if key is None:
+                continue
+            if key not in params:
+                raise DumpError(params_path, f"site {name}: has no {what} {key!r} (the manifest names it)")
+            if params[key].shape != (d,):
+                raise DumpError(params_path, f"site {name}: {what} has shape {params[key].shape}, d={d}")
+            values[what] = params[key]
         if not hidden:
             continue  # nothing written for this site (yet)
-        sites.append(ActivationSite(name=name, meta=meta, hidden=hidden, post=post, gain=gain, bias=bias,
-                                    eps=float(meta.get("eps", DEFAULT_EPS)), report_meta=report_meta))
+        sites.append(ActivationSite(name=name, meta=meta, hidden=hidden, post=post, gain=values.get("gain"),
+                                    bias=values.get("bias"), eps=float(meta.get("eps", DEFAULT_EPS)),
+                                    report_meta=report_meta))
     if not sites:
         raise DumpError(manifest, "the dump holds no rows")
     return sites
 
 
-def _read_params(root: Path, entry: dict | None, verify: str, record: VerifiedFiles | None
-                 ) -> dict[str, np.ndarray]:
+def _read_params(root: Path, manifest: Path, entry: dict | None, verify: str, record: VerifiedFiles | None
+                 ) -> tuple[dict[str, np.ndarray], Path | None]:
     if not entry:
-        return {}
-    path = root / entry["file"]
-    if not path.is_file():
-        raise DumpError(path, "missing (the sites' gains and biases)")
-    if path.stat().st_size != entry.get("bytes"):
-        raise DumpError(path, f"size {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}")
-    if _must_hash(path, entry.get("sha256"), verify, record):
+        return {}, None
+    path = inside(root, entry["file"], "params.file", manifest)
+    size = regular_file(path).st_size
+    if size != entry["bytes"]:
+        raise DumpError(path, f"size {size} bytes, the manifest says {entry['bytes']}")
+    if _must_hash(path, entry["sha256"], verify, record):
         digest, identity = hash_file(path)
-        if digest != entry.get("sha256"):
+        if digest != entry["sha256"]:
             raise DumpError(path, "sha256 does not match the manifest (the gains and biases are corrupt)")
         record.add(path, identity, digest)
     header, start = read_safetensors_header(path)
-    return {key: np.fromfile(path, dtype=t["dtype"], count=prod(t["shape"]),
-                             offset=start + t["data_offsets"][0]).reshape(t["shape"]).astype(np.float32)
-            for key, t in header.items()}
+    out = {}
+    with open_regular(path) as f:
+        for key, t in header.items():
+            f.seek(start + t["data_offsets"][0])
+            raw = f.read(t["data_offsets"][1] - t["data_offsets"][0])
+            out[key] = np.frombuffer(raw, dtype=t["dtype"]).reshape(t["shape"]).astype(np.float32)
+    return out, path
 
 
 def _must_hash(path: Path, digest: str | None, verify: str, record: VerifiedFiles | None) -> bool:
@@ -111,39 +137,26 @@ def _must_hash(path: Path, digest: str | None, verify: str, record: VerifiedFile
     return record is not None and (verify == "rehash" or not record.known(path, digest or ""))
 
 
-def _open_dump_shard(root: Path, sh: dict, d: int, verify: str, record: VerifiedFiles | None
+def _open_dump_shard(path: Path, sh: dict, d: int, verify: str, record: VerifiedFiles | None
                      ) -> tuple[FileShard, FileShard]:
-    try:
-        path = root / sh["file"]
-        rows, size, dtypes = int(sh["rows"]), int(sh["bytes"]), sh["dtype"]
-    except (KeyError, TypeError, ValueError):
-        raise DumpError(root / MANIFEST_NAME, f"malformed shard entry {str(sh)[:120]}") from None
-    if not path.is_file():
-        raise DumpError(path, "missing: the manifest lists it")
-    actual = path.stat().st_size
+    rows, size, dtypes = sh["rows"], sh["bytes"], sh["dtype"]
+    actual = regular_file(path).st_size
     if actual != size:
         raise DumpError(path, f"truncated or altered: {actual} bytes, the manifest says {size}")
     header, start = read_safetensors_header(path)
-    hashing = _must_hash(path, sh.get("sha256"), verify, record)
+    hashing = _must_hash(path, sh["sha256"], verify, record)
     out = []
     for key in ("hidden", "post"):
         t = header.get(key)
         if t is None:
-            raise DumpError(path, f"has no {key!r} tensor (it holds {sorted(header)})")
-        want = dtypes.get(key) if isinstance(dtypes, dict) else None
-        if t["code"] != want:
-            raise DumpError(path, f"{key} is {t['code']} but the manifest says {want}")
+            raise DumpError(path, f"has no {key!r} tensor (it holds {sorted(header)[:8]})")
+        if t["code"] != dtypes[key]:
+            raise DumpError(path, f"{key} is {t['code']} but the manifest says {dtypes[key]}")
         if list(t["shape"]) != [rows, d]:
             raise DumpError(path, f"{key} has shape {t['shape']} but the manifest says ({rows}, {d})")
         out.append(FileShard(path, start + t["data_offsets"][0], rows, d, t["dtype"],
-                             sha256=sh.get("sha256") if hashing else None, segments=sh.get("segments"),
+                             sha256=sh["sha256"] if hashing else None, segments=sh.get("segments"),
                              record=record))
-    if start + max(header[k]["data_offsets"][1] for k in header) != size:
+    if start + max(t["data_offsets"][1] for t in header.values()) != size:
         raise DumpError(path, "its header does not account for every byte of the file")
-    segs = out[0].segments
-    if segs is not None and (sum(segs) != rows or any(s <= 0 for s in segs)):
-        raise DumpError(root / MANIFEST_NAME, f"{sh['file']}: segments {list(segs)[:8]}... do not add up to "
-                                              f"its {rows} rows")
     return out[0], out[1]
-
-

@@ -67,6 +67,7 @@ inflated a block at a time.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
 import re
@@ -128,9 +129,9 @@ def open_activations(path: str | os.PathLike, *, verify: str = "sha256", partial
         raise DumpError(p, "no such file or folder")
     if sites is not None or model is not None or store_kind(p) is not None:
         return _selected(p, verify, partial, sites, model)
-    if p.is_dir() and (p / MANIFEST_NAME).is_file():
+    if p.is_dir() and os.path.lexists(p / MANIFEST_NAME):  # a manifest that is no regular file: refused there
         return open_dump(p / MANIFEST_NAME, verify, partial)
-    if p.is_file() and p.name == MANIFEST_NAME:
+    if not p.is_dir() and p.name == MANIFEST_NAME:
         return open_dump(p, verify, partial)
     if p.is_dir():
         files = sorted((f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
@@ -174,6 +175,11 @@ class _ReadAhead:
         self._local = threading.local()
         self._digests: dict[Path, concurrent.futures.Future] = {}
         self._advised: dict[int, int] = {}  # id(shard) -> rows already announced to the OS
+        # the prefetch window: plan indices whose first rows were announced, and their bytes, so
+        # each schedule() call only extends the window (O(1) amortized, O(shards) for a plan)
+        self._window: collections.deque[tuple[int, int]] = collections.deque()
+        self._window_bytes = 0
+        self._front = 0  # the next plan index to announce
 
     def __enter__(self) -> _ReadAhead:
         return self
@@ -190,21 +196,33 @@ class _ReadAhead:
         return hash_file(path, buf)
 
     def schedule(self, plan: Sequence[tuple[ActivationSite, int]], i: int, block_rows: int) -> None:
-        """Before shard ``plan[i]``: queue the next ``depth`` shards' hashes, or prefetch the next shards."""
-        for site, k in plan[i:i + self.depth + 1]:
+        """Before shard ``plan[i]``: queue the next ``depth`` shards' hashes, or prefetch the next shards.
+
+        Called once per shard in plan order; the work is O(1) amortized per call (the window of
+        announced shards only moves forward), so planning is linear in the number of shards."""
+        for j in range(i, min(i + self.depth + 1, len(plan))):
+            site, k = plan[j]
             shard = site.hidden[k]
             if shard.sha256 is not None and shard.path not in self._digests:
                 _advise_file(shard.path)
                 self._digests[shard.path] = self._pool.submit(self._hash, shard.path)
-        ahead = PREFETCH_BYTES
-        for site, k in plan[i + 1:]:  # the next shards' first PREFETCH_BYTES, where no hash reads them
+        # the next shards' first PREFETCH_BYTES, where no hash reads them
+        while self._window and self._window[0][0] <= i:
+            self._window_bytes -= self._window.popleft()[1]
+        self._front = max(self._front, i + 1)
+        while self._front < len(plan) and self._window_bytes < PREFETCH_BYTES:
+            site, k = plan[self._front]
             shard = site.hidden[k]
-            if ahead <= 0 or shard.sha256 is not None:
+            if shard.sha256 is not None:
                 break
             row = shard.d * shard.dtype.itemsize * (2 if site.post is not None else 1)
-            rows = min(shard.rows, -(-ahead // row))
+            rows = min(shard.rows, -(-(PREFETCH_BYTES - self._window_bytes) // row))
             self.prefetch(site, k, 0, rows)
-            ahead -= rows * row
+            if rows < shard.rows:
+                break  # announced in part: the next call may announce more of it
+            self._window.append((self._front, rows * row))
+            self._window_bytes += rows * row
+            self._front += 1
 
     def digest(self, path: Path) -> tuple[str, list[int] | None]:
         """The file's sha256 and identity (:func:`geonorm_core.dumps.verify.hash_file`)."""
@@ -228,7 +246,7 @@ class _ReadAhead:
 
 def _advise_file(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never waits on a FIFO
     except OSError:
         return
     try:

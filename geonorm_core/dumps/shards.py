@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,6 +42,7 @@ DEFAULT_EPS = 1e-5
 DEFAULT_BLOCK_BYTES = 32 << 20
 
 _PAGE = mmap.ALLOCATIONGRANULARITY
+_CRC_CHUNK = 8 << 20
 _SEQUENTIAL = getattr(mmap, "MADV_SEQUENTIAL", None)
 
 
@@ -122,13 +125,16 @@ class FileShard(Shard):
 
     def __init__(self, path: str | os.PathLike, offset: int, rows: int, d: int, dtype: np.dtype, *,
                  sha256: str | None = None, segments: Sequence[int] | None = None,
-                 record: VerifiedFiles | None = None) -> None:
-        """``record``: where a digest check of the file is remembered (:mod:`geonorm_core.dumps.verify`)."""
+                 record: VerifiedFiles | None = None, crc: tuple[int, int, int, str] | None = None) -> None:
+        """``record``: where a digest check of the file is remembered (:mod:`geonorm_core.dumps.verify`);
+        ``crc``: ``(start, length, crc32, what)``, a byte range whose CRC-32 must match before
+        the first rows are returned (a stored ``.npz`` member)."""
         self.path, self.offset, self.rows, self.d = Path(path), int(offset), int(rows), int(d)
         self.dtype = np.dtype(dtype)
         self.sha256 = sha256
         self.record = record
         self.segments = None if segments is None else tuple(int(s) for s in segments)
+        self.crc = crc
 
     def read(self, start: int, stop: int) -> np.ndarray:
         self._check_range(start, stop)
@@ -139,8 +145,11 @@ class FileShard(Shard):
         lo = self.offset + start * row
         hi = lo + n * row
         base = lo - lo % _PAGE
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = _open_regular_fd(self.path)
         try:
+            if self.crc is not None:
+                _check_crc(fd, self.path, *self.crc)
+                self.crc = None  # checked: the rows may count
             size = os.fstat(fd).st_size
             if size < hi:  # mapping past the end would crash on access (SIGBUS), not raise
                 raise DumpError(self.path, f"truncated: rows [{start}, {stop}) need {hi} bytes, the file now "
@@ -157,8 +166,8 @@ class FileShard(Shard):
         if stop <= start:
             return
         try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
+            fd = _open_regular_fd(self.path)
+        except DumpError:
             return
         try:
             lo, n = self.offset + start * row, (stop - start) * row
@@ -168,6 +177,32 @@ class FileShard(Shard):
             pass
         finally:
             os.close(fd)
+
+
+def _open_regular_fd(path: Path) -> int:
+    """A read-only descriptor of a regular file, opened without blocking (a FIFO swapped in for a
+    shard cannot hang the reader); anything else is a DumpError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise DumpError(path, f"cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DumpError(path, "is not a regular file: geonorm reads only regular files")
+    return fd
+
+
+def _check_crc(fd: int, path: Path, start: int, length: int, want: int, what: str) -> None:
+    """Check the CRC-32 of bytes [start, start + length) of a file (what zipfile checks on inflating)."""
+    crc, pos, end = 0, start, start + length
+    while pos < end:
+        chunk = os.pread(fd, min(_CRC_CHUNK, end - pos), pos)
+        if not chunk:
+            raise DumpError(path, f"{what} is truncated: {end - pos} bytes missing")
+        crc = zlib.crc32(chunk, crc)
+        pos += len(chunk)
+    if crc != want:
+        raise DumpError(path, f"{what}: bad CRC-32 ({crc:08x}, the zip says {want:08x}): the data is corrupt")
 
 
 def _cached(fd: int, offset: int) -> bool:
@@ -242,7 +277,7 @@ class StreamShard(Shard):
         row = self.d * self.dtype.itemsize
         if self._f is None or start < self._pos:
             self.release()
-            self._zip = zipfile.ZipFile(self.path)
+            self._zip = zipfile.ZipFile(os.fdopen(_open_regular_fd(self.path), "rb"))
             self._f = self._zip.open(self.member)
             self._f.seek(self.header_bytes)
             self._pos = 0
@@ -257,7 +292,7 @@ class StreamShard(Shard):
                 if not n:
                     break
                 got += n
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
             raise DumpError(self.path, f"member {self.member!r} cannot be inflated: {exc}") from None
         if got < len(view):
             raise DumpError(self.path, f"member {self.member!r} is truncated: rows [{start}, {stop}) need "

@@ -24,9 +24,11 @@ hashing every time.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +49,11 @@ def file_sha256(path: str | os.PathLike, buffer: bytearray | None = None) -> str
     buf = buffer if buffer is not None else bytearray(_CHUNK)
     view = memoryview(buf)
     h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in cannot block
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file: geonorm hashes only regular files", str(path))
+    with open(fd, "rb", buffering=0) as f:
         try:
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except (OSError, AttributeError):

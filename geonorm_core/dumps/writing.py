@@ -74,11 +74,13 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from ..durable import fsync_dir, write_json
+from ..durable import LOCK_NAME, fsync_dir, write_json
 from ..sources.adapter import Analyzer
 from ..sources.batches import real_tokens
+from .files import inside
 from .formats import SAFETENSORS_CODES, safetensors_chunks, write_safetensors
 from .manifest import DUMP_FORMAT, DUMP_VERSION, MANIFEST_NAME, read_manifest
+from .schema import DIGEST_KEY, manifest_digest
 from .shards import DumpError
 
 __all__ = ["DEFAULT_BUFFER_BYTES", "DEFAULT_SHARD_BYTES", "DumpError", "DumpWriter", "default_shard_rows", "dump",
@@ -156,7 +158,7 @@ class DumpWriter:
                                       f"(geonorm dump --resume) to continue it, or choose another folder")
             self.manifest = self._resume(fresh)
         else:
-            if self.root.exists() and any(self.root.iterdir()):
+            if self.root.exists() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
                 raise FileExistsError(f"{self.root} is not empty and holds no geonorm dump; choose an empty "
                                       f"or new folder")
             self.root.mkdir(parents=True, exist_ok=True)
@@ -244,11 +246,11 @@ class DumpWriter:
         return self.manifest_path
 
     def _next_index(self, entry: Mapping) -> int:
-        if entry["shards"]:
-            return int(entry["shards"][-1]["file"].rsplit("-", 1)[1].split(".")[0]) + 1
-        return 0
+        return int(entry["shards"][-1]["file"].rsplit("-", 1)[1].split(".")[0]) + 1 if entry["shards"] else 0
 
     def _write_manifest(self) -> None:
+        self.manifest["version"] = DUMP_VERSION  # a resumed version-1 dump is sealed as version 2
+        self.manifest[DIGEST_KEY] = manifest_digest(self.manifest)
         write_json(self.manifest_path, self.manifest)
 
     def _write_params(self) -> None:
@@ -260,15 +262,16 @@ class DumpWriter:
     # -- resume
     def _resume(self, fresh: dict) -> dict:
         old = read_manifest(self.manifest_path)
-        for key in ("config",):
-            if old.get(key) != fresh[key]:
-                raise ValueError(f"resume: {self.manifest_path} was written with {key} {old.get(key)}, this "
-                                 f"run has {fresh[key]}; resume needs the same model, sites and settings")
-        old_sites = [(s["name"], s["meta"]) for s in old["sites"]]
-        new_sites = [(s["name"], s["meta"]) for s in fresh["sites"]]
-        if old_sites != new_sites:
+        if old["config"] != fresh["config"]:
+            raise ValueError(f"resume: {self.manifest_path} was written with config {old['config']}, this "
+                             f"run has {fresh['config']}; resume needs the same model, sites and settings")
+        if [(s["name"], s["meta"]) for s in old["sites"]] != [(s["name"], s["meta"]) for s in fresh["sites"]]:
             raise ValueError(f"resume: the dump's norm sites differ from this model's: "
-                             f"{[n for n, _ in old_sites][:4]}... vs {[n for n, _ in new_sites][:4]}...")
+                             f"{[s['name'] for s in old['sites']][:4]}... vs {list(self._buffers)[:4]}...")
+        for i, (o, n) in enumerate(zip(old["sites"], fresh["sites"])):  # resume owns geonorm's layout only
+            if o["dir"] != n["dir"]:
+                raise DumpError(self.manifest_path, f"sites[{i}].dir: {o['dir']!r} is not the folder geonorm "
+                                                    f"writes for this site ({n['dir']!r}); refusing to resume")
         if (old.get("params") or {}).get("sha256") != _params_digest(self._params):
             raise ValueError(f"resume: the gains/biases in {self.root / _PARAMS_NAME} differ from this "
                              f"model's: not the same weights")
@@ -278,8 +281,8 @@ class DumpWriter:
     def _discard_unlisted(self, man: Mapping) -> None:
         """Delete temporary files and shards the manifest does not list (a checkpoint cut short)."""
         listed = {s["file"] for e in man["sites"] for s in e["shards"]}
-        for entry in man["sites"]:
-            folder = self.root / entry["dir"]
+        for i, entry in enumerate(man["sites"]):
+            folder = inside(self.root, entry["dir"], f"sites[{i}].dir", self.manifest_path)  # no symlink out
             if not folder.is_dir():
                 continue
             for f in folder.iterdir():

@@ -37,6 +37,8 @@ import copy
 import json
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..durable import fsync_dir, write_text
 from ..models.loading import resolve_device, resolve_dtype
 from ..nn import AffineRMSNorm
 from ..sources.sites import find_norm_sites
@@ -431,17 +434,35 @@ def save_converted(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.Pat
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
         raise TypeError(f"tokenizer: expected a tokenizer/processor with save_pretrained or None, "
                         f"got {type(tokenizer).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
     from ..runtime import __version__
 
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     saved = {**record, "tokenizer_class": None if tokenizer is None else type(tokenizer).__name__,
              "geonorm_version": __version__}
-    (out / CONVERSION_FILE).write_text(json.dumps(saved, indent=2) + "\n")
-    return sorted(str(p) for p in out.iterdir() if p.is_file())
+    # Written into a staging folder, fsynced, then each file renamed into place with the record
+    # last: a crash or a full disk never leaves a half-written file, nor a folder that claims
+    # to hold a converted model before every file of it is complete.
+    stage = Path(tempfile.mkdtemp(prefix=".geonorm-staging-", dir=out))
+    try:
+        model.save_pretrained(stage)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(stage)
+        write_text(stage / CONVERSION_FILE, json.dumps(saved, indent=2) + "\n")
+        (out / CONVERSION_FILE).unlink(missing_ok=True)
+        files = sorted(stage.iterdir(), key=lambda p: (p.name == CONVERSION_FILE, p.name))
+        for p in files:
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        for p in files:
+            if p.is_dir() and (out / p.name).is_dir():
+                shutil.rmtree(out / p.name)
+            os.replace(p, out / p.name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return sorted(str(out / p.name) for p in files)
 
 
 def is_converted(path: str | os.PathLike) -> bool:

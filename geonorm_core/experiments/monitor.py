@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import io
 import json
 import math
 import os
@@ -61,6 +62,7 @@ import torch
 
 from ..analysis.baseline import baseline_angle_sd, null_abs_cos
 from ..analysis.report import JsonFile, Report
+from ..durable import atomic_file, write_text
 from ..sources.adapter import Analyzer, check_backend, select_sites
 from ..sources.interop import unwrap
 
@@ -155,18 +157,19 @@ class Timeline(JsonFile):
         empty site, layer and role, its value in ``mean`` and empty ``std``/``count``.  Floats
         are written with ``repr``, so they read back exactly (``nan`` where undefined).
         """
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "site", "layer", "role", "quantity", "mean", "std", "count"])
-            for step in self.steps:
-                for name, site in self.reports[step].sites.items():
-                    layer = site.meta.get("layer")
-                    for qname, q in site.quantities.items():
-                        w.writerow([step, name, "" if layer is None else layer, site.meta.get("role"),
-                                    qname, repr(float(q.mean)), repr(float(q.std)), q.count])
-            rows = sorted((s, n, v) for n, pts in self.scalars.items() for s, v in pts.items())
-            for step, name, value in rows:
-                w.writerow([step, "", "", "", name, repr(math.nan if value is None else value), "", ""])
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow(["step", "site", "layer", "role", "quantity", "mean", "std", "count"])
+        for step in self.steps:
+            for name, site in self.reports[step].sites.items():
+                layer = site.meta.get("layer")
+                for qname, q in site.quantities.items():
+                    w.writerow([step, name, "" if layer is None else layer, site.meta.get("role"),
+                                qname, repr(float(q.mean)), repr(float(q.std)), q.count])
+        rows = sorted((s, n, v) for n, pts in self.scalars.items() for s, v in pts.items())
+        for step, name, value in rows:
+            w.writerow([step, "", "", "", name, repr(math.nan if value is None else value), "", ""])
+        write_text(path, f.getvalue())  # atomically (geonorm_core.durable)
 
     def plot(self, path: str | os.PathLike, *, label: str | None = None) -> str:
         """Write the training-geometry figure (see :func:`plot_timelines`) to ``path``; return it."""
@@ -426,7 +429,8 @@ def plot_timelines(timelines: Mapping[str, Timeline], path: str | os.PathLike, *
     fig = timeline_figure(timelines, title=title)
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as f:  # the old file or the complete new one
+        fig.savefig(f, dpi=110, format=os.path.splitext(os.fspath(path))[1][1:].lower() or "png")
     plt.close(fig)
     return os.fspath(path)
 

@@ -8,6 +8,7 @@ encoder hears the same text spoken (espeak-ng).
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -36,19 +37,25 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     The model (Whisper wrapped in :class:`~geonorm_core.models.speech.WhisperDecoderFeed`), its
     tokenizer, an iterator of batches, and the settings as report metadata.
     """
-    from ..models.corpus import default_text, read_text, token_batches
+    from ..models.corpus import default_text, read_text, text_blocks, token_batches
     from ..models.loading import import_torch_side, resolve_dtype
     from .convert import load_model_or_converted
 
     torch, _ = import_torch_side()
     resolve_dtype(torch, dtype)  # a bad dtype fails before the model loads
-    body = read_text(text) if text else default_text()
+    if text is None:
+        body = default_text()
+    else:  # streamed, never held whole; the first block is read now, so a bad file fails before loading
+        blocks = text_blocks(text)
+        first = next(blocks)
+        body = itertools.chain([first], blocks)
     print(f"loading {model} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
     net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device)
     if getattr(net.config, "model_type", None) == "whisper":
         from ..models.speech import WhisperDecoderFeed, whisper_batches
 
         net = WhisperDecoderFeed(net)
+        body = body if isinstance(body, str) else read_text(text)  # speech needs the whole text
         batches = whisper_batches(body, tokenizer, seq_len=min(seq_len, 448), batch_size=batch_size,
                                   max_tokens=max_tokens)
     else:

@@ -24,7 +24,10 @@ give them: ``{"input_ids", "attention_mask"}`` of dtype ``torch.long``, shape ``
   token of the text is dropped or repeated.  Texts are tokenized in blocks of about 1 MB ending
   at a line break (memory stays bounded for large files, and tokenizing stops once
   ``max_tokens`` are reached); a text under the block size is tokenized in one call, exactly as
-  ``tokenizer(text, add_special_tokens=False)``.
+  ``tokenizer(text, add_special_tokens=False)``.  A file need not be read whole:
+  :func:`text_blocks` reads it incrementally into the same blocks, so
+  ``token_batches(text_blocks(path), ...)`` gives the batches of ``token_batches(read_text(path), ...)``
+  with the memory of a block or two, whatever the size of the file.
 * **Padding**: only the final sequence can be shorter than ``seq_len``; it is padded on the right
   to the longest sequence of its batch with ``pad_token_id`` (``eos_token_id`` if the tokenizer
   has no pad token, 0 if it has neither) and its ``attention_mask`` is 0 there.  The last batch
@@ -36,18 +39,20 @@ give them: ``{"input_ids", "attention_mask"}`` of dtype ``torch.long``, shape ``
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from typing import Any
 
-__all__ = ["default_header", "default_text", "read_text", "token_batches"]
+__all__ = ["check_text", "default_header", "default_text", "read_text", "text_blocks", "token_batches"]
 
 _CORPUS = "corpus.txt.gz"
 _HEADER_END = "# END OF HEADER\n"
 _BLOCK_CHARS = 1 << 20
+_READ_BYTES = 1 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,7 +98,65 @@ def read_text(path: str | os.PathLike) -> str:
     return text
 
 
-def token_batches(text: str, tokenizer: Any, *, seq_len: int = 256, batch_size: int = 8,
+def _decoded(path: str) -> Iterator[str]:
+    """The file's text, decoded as UTF-8 a chunk at a time (a leading BOM dropped); a ValueError
+    names the file and the byte offset of the first invalid byte, as :func:`read_text` does."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    consumed = 0
+    first = True
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(_READ_BYTES)
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                offset = consumed - pending + exc.start
+                raise ValueError(
+                    f"{path}: not UTF-8 text: byte offset {offset} (0x{exc.object[exc.start:exc.end].hex()}) "
+                    f"{exc.reason}; convert the file to UTF-8 first (e.g. `iconv -f latin1 -t utf-8`)") from None
+            consumed += len(data)
+            if first and text:
+                text = text.removeprefix("\ufeff")
+                first = False
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def text_blocks(path: str | os.PathLike) -> Iterator[str]:
+    """A UTF-8 text file as the blocks :func:`token_batches` tokenizes, read incrementally.
+
+    The blocks are those of ``read_text(path)`` cut by :func:`token_batches` (about 1 MB, ending
+    at a line break), so the batches are the same; memory is a block or two, whatever the size
+    of the file.  Errors are :func:`read_text`'s (raised when the reading gets there).
+    """
+    path = os.fspath(path)
+    buf = ""
+    seen_text = False
+    for piece in _decoded(path):
+        buf += piece
+        seen_text = seen_text or bool(piece.strip())
+        while len(buf) > _BLOCK_CHARS:
+            cut = buf.rfind("\n", 0, _BLOCK_CHARS)
+            end = cut + 1 if cut >= 0 else _BLOCK_CHARS
+            yield buf[:end]
+            buf = buf[end:]
+    if not seen_text:
+        raise ValueError(f"{path}: the text is {'whitespace only' if buf else 'empty'}")
+    if buf:
+        yield buf
+
+
+def check_text(path: str | os.PathLike) -> None:
+    """Raise :func:`read_text`'s ValueError for a file that is not UTF-8 text, reading it a
+    block at a time (memory stays small for any size)."""
+    for _ in text_blocks(path):
+        pass
+
+
+def token_batches(text: str | Iterable[str], tokenizer: Any, *, seq_len: int = 256, batch_size: int = 8,
                   max_tokens: int | None = None,
                   add_special_tokens: bool | None = None) -> Iterator[dict]:
     """Cut ``text`` into batches of token sequences for a model's forward pass.
@@ -101,7 +164,8 @@ def token_batches(text: str, tokenizer: Any, *, seq_len: int = 256, batch_size: 
     Parameters
     ----------
     text
-        The text (non-empty, not whitespace only).
+        The text (non-empty, not whitespace only), or its blocks as :func:`text_blocks` gives them
+        (a file streamed, never held whole).
     tokenizer
         A Hugging Face tokenizer (anything with ``__call__`` returning ``input_ids`` and the
         ``pad_token_id``/``eos_token_id``/``bos_token_id`` attributes).
@@ -121,9 +185,9 @@ def token_batches(text: str, tokenizer: Any, *, seq_len: int = 256, batch_size: 
         ``input_ids`` and ``attention_mask``, ``torch.long`` tensors of shape ``(b, L)`` with
         ``b <= batch_size`` and ``L <= seq_len``.
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if not text.strip():
+    if isinstance(text, (bytes, bytearray)) or not isinstance(text, (str, Iterable)):
+        raise TypeError(f"text must be a str or an iterable of str blocks, got {type(text).__name__}")
+    if isinstance(text, str) and not text.strip():
         raise ValueError(f"text is {'empty' if not text else 'whitespace only'}: nothing to tokenize")
     for arg, value in (("seq_len", seq_len), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -181,19 +245,24 @@ def _take(stream, n):
     return out
 
 
-def _token_stream(text: str, tokenizer) -> Iterator[int]:
+def _str_blocks(text: str) -> Iterator[str]:
     start = 0
     while start < len(text):
         end = len(text)
         if end - start > _BLOCK_CHARS:
             cut = text.rfind("\n", start, start + _BLOCK_CHARS)
             end = cut + 1 if cut >= start else start + _BLOCK_CHARS
+        yield text[start:end]
+        start = end
+
+
+def _token_stream(text: str | Iterable[str], tokenizer) -> Iterator[int]:
+    for block in _str_blocks(text) if isinstance(text, str) else text:
         # verbose=False: no "sequence longer than the model's maximum" warning; the
         # sequences are cut to seq_len here
-        ids = tokenizer(text[start:end], add_special_tokens=False, return_attention_mask=False,
+        ids = tokenizer(block, add_special_tokens=False, return_attention_mask=False,
                         verbose=False)["input_ids"]
         yield from ids
-        start = end
 
 
 def _frame(tokenizer, add_special_tokens):

@@ -76,7 +76,7 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint | None:
         return Checkpoint(report=Report.from_dict(d["report"]), batches=int(d["batches"]),
                           tokens=int(d["tokens"]), settings=dict(d.get("settings", {})),
                           complete=bool(d.get("complete")))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"{path} is not a checkpoint geonorm can resume from ({exc})") from None
 
 

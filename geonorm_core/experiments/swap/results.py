@@ -12,6 +12,7 @@ import numpy as np
 
 from ...analysis.accumulate import Moments
 from ...analysis.report import JsonFile
+from ...durable import write_text
 
 
 @dataclass
@@ -74,8 +75,7 @@ class SwapResult(JsonFile):
         os.makedirs(out_dir, exist_ok=True)
         paths = [os.path.join(out_dir, "swap.json"), os.path.join(out_dir, "swap.md")]
         self.to_json(paths[0])
-        with open(paths[1], "w", encoding="utf-8") as f:
-            f.write(self.table() + "\n")
+        write_text(paths[1], self.table() + "\n")
         return paths
 
     # -- tables ----------------------------------------------------------------------------
