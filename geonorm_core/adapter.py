@@ -22,11 +22,13 @@ activations the paper's 9-degree SDs hint at).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from . import distributed
 from .accumulate import SiteStats
 from .interop import unwrap
 from .measure import BACKENDS, quantity_names, token_values
@@ -107,12 +109,22 @@ class Analyzer:
     for CPU ones); see the module docstring.  With ``"torch"`` a hook never synchronizes the
     device: the values wait in (pinned) host buffers until :meth:`flush`, which :meth:`feed`,
     :meth:`count_only`, :meth:`report` and leaving the context call -- one wait per batch.
+
+    Inside an initialized ``torch.distributed`` process group of several ranks, each rank feeds
+    its own batches and :meth:`report` is collective: every rank must call it, and every rank
+    gets the report of all ranks' tokens (merged from the accumulators' state, in rank order;
+    :mod:`geonorm_core.distributed`).  ``merge_ranks=False`` keeps each rank's report its own.
+
+    A model dispatched by accelerate (``device_map=``, ``max_memory=``, ``offload_folder=``) is
+    measured where each site runs; offloaded sites are found and their gain and bias read from
+    the weights accelerate loads for the forward (:func:`geonorm_core.sites.find_norm_sites`).
     """
 
     def __init__(self, model: torch.nn.Module, sites: Sequence[str] | None = None, *,
                  exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
-                 num_threads: int | None = 1, backend: str = "auto") -> None:
+                 num_threads: int | None = 1, backend: str = "auto", merge_ranks: bool = True) -> None:
         self.backend = check_backend(backend)
+        self.merge_ranks = bool(merge_ranks)
         self.model = model
         self._wrapped = unwrap(model)  # once: a bridge's view is built from all its modules
         self.sites = select_sites(model, sites)
@@ -242,7 +254,7 @@ class Analyzer:
                             f"as tokenizers make them; got {type(batch).__name__}")
         wrapped = self._wrapped  # TransformerLens / nnsight: their model, their calling convention
         runs = self.model if wrapped is None else wrapped.inner
-        device = next(runs.parameters()).device
+        device = input_device(runs)
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ids = inputs["input_ids"]
         if ids.ndim != 2:
@@ -284,8 +296,26 @@ class Analyzer:
         self._index_on.clear()
 
     def report(self) -> Report:
+        """The report of the tokens fed so far (of every rank's, inside a process group: a
+        collective call unless ``merge_ranks=False``)."""
         self.flush()
-        return Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
+        mine = Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
+        return distributed.merged(distributed.current(self.merge_ranks), mine)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: its first parameter's device, or for a model dispatched by
+    accelerate (``hf_device_map``) the device of its first part (the CPU for a part on disk)."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        first = next(iter(device_map.values()))
+        if isinstance(first, int):
+            return torch.device("cuda", first)
+        return torch.device("cpu" if first in ("disk", "meta") else first)
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def _as_f64(a: np.ndarray | None) -> np.ndarray | None:
@@ -295,7 +325,7 @@ def _as_f64(a: np.ndarray | None) -> np.ndarray | None:
 def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sites: Sequence[str] | None = None,
             exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
             progress: Callable[[int], None] | None = None, num_threads: int | None = 1,
-            backend: str = "auto") -> Report:
+            backend: str = "auto", merge_ranks: bool = True) -> Report:
     """Run ``model`` over ``batches`` and measure the geometry at every norm site.
 
     Parameters
@@ -313,6 +343,10 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
     backend : ``"auto"`` (default: ``"torch"`` for CUDA tensors, ``"core"`` for CPU ones), ``"core"``
         (the native core on host rows) or ``"torch"`` (torch ops on the tensors' device, only the
         per-token values cross to the host).  Same quantities within the accuracy contract.
+    merge_ranks : inside an initialized ``torch.distributed`` process group of several ranks, each
+        rank passes its own batches and every rank returns the merged report of all of them
+        (default); False: each rank's own report.  A rank that fails makes every rank raise
+        :class:`geonorm_core.distributed.RankFailed` naming it.
 
     Returns
     -------
@@ -320,13 +354,17 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
         ``report.sites[name]`` holds each site's statistics (``.angle_hidden.mean`` ...),
         ``report.table()`` the paper's Tables 2-4 for this model.
     """
-    with Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
-                  num_threads=num_threads, backend=backend) as an:
-        tokens = 0
-        for batch in batches:
-            tokens += an.feed(batch)
-            if progress is not None:
-                progress(tokens)
+    group = distributed.current(merge_ranks)
+    with contextlib.nullcontext() if group is None else group.failures_shared():
+        with Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
+                      num_threads=num_threads, backend=backend, merge_ranks=False) as an:
+            tokens = 0
+            for batch in batches:
+                tokens += an.feed(batch)
+                if progress is not None:
+                    progress(tokens)
+    if group is not None:
+        tokens = sum(group.exchange(tokens))
     if tokens == 0:
         raise ValueError("batches: no tokens were analyzed (empty corpus, or every token masked out)")
-    return an.report()
+    return distributed.merged(group, an.report())

@@ -116,6 +116,7 @@ post_mlp, other), then final norms.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -274,7 +275,8 @@ def find_norm_sites(model: Any, *, include_unknown: bool = False) -> list[NormSi
 
     found = []
     for order, (name, module) in enumerate(candidates):
-        ident = _identify(module, probe_width)
+        with _as_the_forward_sees_it(module):  # weights offloaded by accelerate, loaded as its hook would
+            ident = _identify(module, probe_width)
         if ident["kind"] == "unknown" and not include_unknown:
             warnings.warn(f"find_norm_sites: skipping {name!r} ({type(module).__name__}): "
                           f"{ident['why']}; pass include_unknown=True to list it", stacklevel=2)
@@ -298,6 +300,40 @@ def find_norm_sites(model: Any, *, include_unknown: bool = False) -> list[NormSi
                      residual=(s["d"] == width and s["role"] not in ("q_norm", "k_norm")),
                      verified=s["verified"])
             for s in found]
+
+
+@contextlib.contextmanager
+def _as_the_forward_sees_it(module: torch.nn.Module):
+    """A module whose weights accelerate offloaded (on ``meta`` until its hook loads them for the
+    forward) holds, inside this context, the tensors its forward uses: those of the hook's
+    ``weights_map`` (memory or disk).  Only the module's own tensors; the meta ones come back after."""
+    weights = offloaded_weights(module)
+    saved = {}
+    for name, value in weights.items():
+        table = module._parameters if name in module._parameters else module._buffers
+        saved[name] = (table, table[name])
+        table[name] = torch.nn.Parameter(value, requires_grad=False) if table is module._parameters else value
+    try:
+        yield
+    finally:
+        for name, (table, old) in saved.items():
+            table[name] = old
+
+
+def offloaded_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors accelerate loads into ``module`` for its forward when its own are on ``meta``
+    (its ``AlignDevicesHook``'s ``weights_map``), on the CPU; empty for a module that holds its weights."""
+    hook = getattr(module, "_hf_hook", None)
+    hooks = list(getattr(hook, "hooks", None) or ([hook] if hook is not None else []))
+    own = dict(module.named_parameters(recurse=False))
+    own.update(module.named_buffers(recurse=False))
+    for h in hooks:
+        weights_map = getattr(h, "weights_map", None)
+        if not getattr(h, "offload", False) or weights_map is None:
+            continue
+        return {name: weights_map[name].detach().to("cpu") for name, t in own.items()
+                if t is not None and t.device.type == "meta" and name in weights_map}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ encoder hears the same text spoken (espeak-ng).
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ __all__ = ["model_and_batches", "progress"]
 
 def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_tokens: int | None = None,
                       seq_len: int = 256, batch_size: int = 8, device: str = "cpu", dtype: str = "float32",
+                      device_map: Any = None, max_memory: dict | None = None, offload_folder: str | None = None,
                       ) -> tuple[Any, Any, Iterator[dict], dict]:
     """``(model, tokenizer, batches, meta)`` for a model name or path and a text file.
 
@@ -28,6 +30,8 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     text : a UTF-8 text file; None: the bundled public-domain corpus.
     max_tokens, seq_len, batch_size : see :func:`geonorm_core.corpus.token_batches`.
     device, dtype : where and in which precision the model runs.
+    device_map, max_memory, offload_folder : a model dispatched by accelerate over devices and disk
+        (:func:`geonorm_core.models.load_model`); ``device`` is then not used.
 
     Returns
     -------
@@ -41,8 +45,10 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     torch, _ = import_torch_side()
     resolve_dtype(torch, dtype)  # a bad dtype fails before the model loads
     body = read_text(text) if text else default_text()
-    print(f"loading {model} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
-    net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device)
+    where = device if device_map is None else f"device_map={device_map}"
+    print(f"loading {model} ({dtype}, {where}) ...", file=sys.stderr, flush=True)
+    net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device, device_map=device_map,
+                                             max_memory=max_memory, offload_folder=offload_folder)
     if getattr(net.config, "model_type", None) == "whisper":
         from .whisper import WhisperDecoderFeed, whisper_batches
 
@@ -52,7 +58,11 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     else:
         batches = token_batches(body, tokenizer, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
     meta = {"model_name": model, "text": text or "default corpus", "seq_len": seq_len,
-            "batch_size": batch_size, "dtype": dtype, "device": device}
+            "batch_size": batch_size, "max_tokens": max_tokens, "dtype": dtype, "device": device,
+            # which tokens: with the batches counted, what tells two reports' token sets apart (merging.py)
+            "text_sha256": hashlib.sha256(body.encode("utf-8")).hexdigest()}
+    if device_map is not None:
+        meta.update(device="device_map", device_map=device_map if isinstance(device_map, str) else "explicit")
     return net, tokenizer, batches, meta
 
 
