@@ -179,8 +179,12 @@ def launched(device: str = "cpu") -> Iterator[tuple[Group | None, str]]:
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
+        from .runtime import set_num_threads
+
         device = "cpu"
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+        share = max(1, (os.cpu_count() or 1) // max(1, local_world))  # torchrun sets OMP_NUM_THREADS=1
+        torch.set_num_threads(share)
+        set_num_threads(share)
         backend = "gloo"
     created = not dist.is_initialized()
     if created:

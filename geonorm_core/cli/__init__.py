@@ -1,7 +1,7 @@
 """The `geonorm` command, the top floor: options become library calls, results become files.
 
-One module per command (``analyze``, ``swap-test``, ``convert``, ``dump``, ``analyze-dump``, ``bench``,
-``prove``, ``info``), each with ``HELP``, ``add_arguments(parser)`` and ``run(args)``; the
+One module per command (``analyze``, ``swap-test``, ``convert``, ``dump``, ``analyze-dump``, ``merge``,
+``bench``, ``prove``, ``info``), each with ``HELP``, ``add_arguments(parser)`` and ``run(args)``; the
 options they share live in :mod:`.options`, the checks made before a model runs in
 :mod:`.preflight`, and how a command fails in :mod:`.errors`.  Nothing in the library
 imports this package.
@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, analyze_dump, bench, convert, dump, errors, info, prove, swap_test
+from . import analyze, analyze_dump, bench, convert, dump, errors, info, merge, prove, swap_test
 from .options import add_debug_option
 
 #: The subcommands in the order ``geonorm --help`` lists them.
 COMMANDS = {"analyze": analyze, "bench": bench, "swap-test": swap_test, "convert": convert, "dump": dump,
-            "analyze-dump": analyze_dump, "info": info}
+            "analyze-dump": analyze_dump, "merge": merge, "info": info}
 
 
 class _Parser(argparse.ArgumentParser):
