@@ -97,3 +97,28 @@ def byte_tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("byte_tokenizer")
     tok.save_pretrained(folder)
     return transformers.AutoTokenizer.from_pretrained(folder, add_bos_token=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A small random Llama and a word-level tokenizer saved as a checkpoint folder, offline."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from geonorm_core.corpus import default_text
+
+    words = sorted(set(default_text().split()))[:3000]
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[BOS]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                                bos_token="[BOS]")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256,
+                                      num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+                                      max_position_embeddings=256)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)
