@@ -62,7 +62,11 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
             # which tokens: with the batches counted, what tells two reports' token sets apart (merging.py)
             "text_sha256": hashlib.sha256(body.encode("utf-8")).hexdigest()}
     if device_map is not None:
-        meta.update(device="device_map", device_map=device_map if isinstance(device_map, str) else "explicit")
+        placed: dict[str, int] = {}  # how many of the model's parts went where (a GPU index, cpu, disk)
+        for where_to in getattr(net, "hf_device_map", {}).values():
+            placed[str(where_to)] = placed.get(str(where_to), 0) + 1
+        meta.update(device="device_map", device_map=device_map if isinstance(device_map, str) else "explicit",
+                    placement=placed)
     return net, tokenizer, batches, meta
 
 

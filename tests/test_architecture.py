@@ -125,9 +125,9 @@ FLOORS = {
     "core": ("_native", "ops", "_arrays", "slow", "runtime", "nn", "durable", "proofs"),
     "measurement": ("measure", "measure_torch"),
     "accumulators": ("accumulate",),
-    "report": ("report", "figures"),
+    "report": ("report", "figures", "merging"),
     "sources": ("sites", "adapter", "checkpoint", "interop", "caches", "loading", "models", "whisper", "ct2",
-                "corpus", "dumps", "dask"),
+                "corpus", "dumps", "dask", "distributed"),
     "experiments": ("swap", "monitor", "convert", "workload", "bench"),
     "cli": ("cli", ""),  # "": the package's facade, geonorm_core/__init__.py, which re-exports every floor
 }
