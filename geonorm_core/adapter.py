@@ -355,14 +355,14 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
         ``report.table()`` the paper's Tables 2-4 for this model.
     """
     group = distributed.current(merge_ranks)
-    with contextlib.nullcontext() if group is None else group.failures_shared():
-        with Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
-                      num_threads=num_threads, backend=backend, merge_ranks=False) as an:
-            tokens = 0
-            for batch in batches:
-                tokens += an.feed(batch)
-                if progress is not None:
-                    progress(tokens)
+    shared = contextlib.nullcontext() if group is None else group.failures_shared()
+    with shared, Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
+                          num_threads=num_threads, backend=backend, merge_ranks=False) as an:
+        tokens = 0
+        for batch in batches:
+            tokens += an.feed(batch)
+            if progress is not None:
+                progress(tokens)
     if group is not None:
         tokens = sum(group.exchange(tokens))
     if tokens == 0:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import distributed
-from .accumulate import SiteStats
 from .durable import write_json
 from .merging import batch_ranges
 from .report import Report

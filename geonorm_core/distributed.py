@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["DEFAULT_TIMEOUT", "Group", "RankFailed", "current", "is_mine", "launched", "merged"]
 

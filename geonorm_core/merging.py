@@ -16,7 +16,7 @@ is listed per input under ``parts``.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .report import Report
 
@@ -38,7 +38,7 @@ class OverlappingReports(ValueError):
 
 def batch_ranges(indices: Iterable[int]) -> list[list[int]]:
     """Batch indices as few ``[start, stop, step]`` ranges (a round-robin share is one range)."""
-    xs = sorted(set(int(i) for i in indices))
+    xs = sorted({int(i) for i in indices})
     out: list[list[int]] = []
     i = 0
     while i < len(xs):

@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tiny_models import tiny  # noqa: E402
+from tiny_models import tiny
 
-import geonorm_core as gn  # noqa: E402
+import geonorm_core as gn
 
 
 def batches(n: int = 6) -> list[dict]:

@@ -13,10 +13,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-import geonorm_core as gn  # noqa: E402
-from geonorm_core import cli  # noqa: E402
+import geonorm_core as gn
+from geonorm_core import cli
 
-MAX_MEMORY = {"cpu": "300KB"}
+MAX_MEMORY = {"cpu": "4MB"}  # the embeddings and layer 0 stay in memory, the rest goes to disk
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def batches(n: int = 3) -> list[dict]:
 
 def test_layers_really_went_to_disk(models):
     _, offloaded = models
-    assert "disk" in set(offloaded.hf_device_map.values())
+    assert set(offloaded.hf_device_map.values()) == {"cpu", "disk"}
     weight = offloaded.get_submodule("model.layers.1.input_layernorm").weight
     assert weight.device.type == "meta"
 
@@ -96,11 +96,11 @@ def test_monitor_and_dump_accept_an_offloaded_model(models, tmp_path):
 def test_cli_device_map_max_memory_offload_folder(checkpoint, tmp_path, capsys):
     common = ["analyze", "--model", checkpoint, "--max-tokens", "400", "--seq-len", "32"]
     assert cli.main([*common, "--out", str(tmp_path / "plain")]) == 0
-    assert cli.main([*common, "--device-map", "auto", "--max-memory", "cpu=300KB",
+    assert cli.main([*common, "--device-map", "auto", "--max-memory", "cpu=4MB",
                      "--offload-folder", str(tmp_path / "off"), "--out", str(tmp_path / "mapped")]) == 0
     plain = json.loads((tmp_path / "plain" / "report.json").read_text())
     mapped = json.loads((tmp_path / "mapped" / "report.json").read_text())
-    assert mapped["meta"]["device_map"] == "auto" and mapped["meta"]["placement"]["disk"] > 0
+    assert mapped["meta"]["device_map"] == "auto" and mapped["meta"]["placement"] == {"cpu": 2, "disk": 5}
     for name, site in plain["sites"].items():
         for q, quantity in site["quantities"].items():
             a, b = quantity["moments"], mapped["sites"][name]["quantities"][q]["moments"]

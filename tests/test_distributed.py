@@ -19,10 +19,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from geonorm_core import cli  # noqa: E402
-from geonorm_core.merging import (IncompatibleReports, OverlappingReports, batch_ranges,  # noqa: E402
-                                  batch_set, merge_reports)
-from geonorm_core.report import Report  # noqa: E402
+from geonorm_core import cli
+from geonorm_core.merging import (
+    IncompatibleReports,
+    OverlappingReports,
+    batch_ranges,
+    batch_set,
+    merge_reports,
+)
+from geonorm_core.report import Report
 
 HERE = Path(__file__).resolve().parent
 RUN = ["--max-tokens", "3000", "--seq-len", "64", "--batch-size", "4", "--checkpoint-every", "300"]
@@ -46,7 +51,7 @@ def torchrun(*args: str, n: int = 2, timeout: float = 300) -> subprocess.Complet
         pytest.skip("torchrun is not on PATH")
     cmd = [TORCHRUN, "--nproc-per-node", str(n), "--master-port", str(free_port()), "-m", "geonorm_core.cli",
            *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), check=False)
 
 
 def assert_same_report(a: dict, b: dict, *, bitwise: bool = False) -> None:
@@ -278,3 +283,14 @@ def test_merge_reports_library():
         0, 1, 3, 5}
     assert batch_set(batch_ranges(range(0, 100, 3))) == set(range(0, 100, 3))
     assert batch_ranges(range(2, 50, 4)) == [[2, 47, 4]]
+
+
+def test_only_distributed_py_calls_torch_distributed():
+    """One home for the process-group logic (docs/ARCHITECTURE.md): no other module imports it."""
+    import re
+
+    package = HERE.parent / "geonorm_core"
+    pattern = re.compile(r"^\s*(import torch\.distributed|from torch import distributed|from torch\.distributed)",
+                         re.MULTILINE)
+    users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if pattern.search(p.read_text()))
+    assert users == ["distributed.py"]
