@@ -105,7 +105,7 @@ def test_torchrun_killed_with_sigkill_resumes_to_the_uninterrupted_report(tiny_c
                                                                           one_process, tmp_path):
     if TORCHRUN is None:
         pytest.skip("torchrun is not on PATH")
-    from geonorm_core.checkpoint import load_checkpoint
+    from geonorm_core.checkpoint import load_checkpoint, save_checkpoint
 
     out = tmp_path / "killed"
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "geonorm_core.cli",
@@ -125,13 +125,8 @@ def test_torchrun_killed_with_sigkill_resumes_to_the_uninterrupted_report(tiny_c
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_report(two_processes[0], read(out), bitwise=True)
 
-    # another number of processes: the whole so far goes to rank 0 (one process here)
-    os.replace(out / "checkpoint.json", tmp_path / "done.json")
-    shutil.copy(tmp_path / "done.json", out / "checkpoint.json")
-    saved.complete = False
-    from geonorm_core.checkpoint import save_checkpoint
-
-    save_checkpoint(out, saved)
+    # another number of processes (one here): the whole so far goes to rank 0
+    save_checkpoint(out, saved)  # back to the killed run's checkpoint
     assert cli.main(["analyze", "--model", tiny_checkpoint, *RUN, "--out", str(out), "--resume"]) == 0
     assert_same_report(one_process, read(out))
 
