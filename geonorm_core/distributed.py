@@ -76,8 +76,8 @@ class Group:
         try:
             self._dist.all_gather_object(out, (error, payload), group=self._pg)
         except RuntimeError as exc:  # gloo: a peer closed its connection, or the timeout passed
-            raise RankFailed(f"rank {self.rank}: another process stopped answering within {self.timeout:g} s "
-                             f"(it was killed or failed; set GEONORM_DIST_TIMEOUT to wait longer): "
+            raise RankFailed(f"another process stopped answering rank {self.rank} (killed, or failed without "
+                             f"a word; waited up to {self.timeout:g} s, GEONORM_DIST_TIMEOUT): "
                              f"{_one_line(exc)[:200]}") from None
         for r, (err, _) in enumerate(out):
             if err is not None:

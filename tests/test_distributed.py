@@ -202,7 +202,7 @@ def test_a_killed_rank_does_not_hang_the_others(tmp_path):
     codes = ranks("killed", tmp_path)
     assert codes[1] == -signal.SIGKILL and codes[0] == 1
     error = (tmp_path / "error-0.txt").read_text()
-    assert error.startswith("RankFailed: rank 0: another process stopped answering")
+    assert error.startswith("RankFailed: another process stopped answering rank 0")
     assert time.monotonic() - t0 < 150
 
 
