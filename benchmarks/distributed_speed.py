@@ -35,6 +35,8 @@ def _timed(cmd: list[str]) -> float:
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    print(f"{elapsed:8.1f} s  {' '.join(cmd[cmd.index('analyze') if 'analyze' in cmd else 2:])}", file=sys.stderr,
+          flush=True)  # as it goes: a run cut short still says what it measured
     return elapsed
 
 
