@@ -35,8 +35,8 @@ def _timed(cmd: list[str]) -> float:
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    print(f"{elapsed:8.1f} s  {' '.join(cmd[cmd.index('analyze') if 'analyze' in cmd else 2:])}", file=sys.stderr,
-          flush=True)  # as it goes: a run cut short still says what it measured
+    shown = " ".join(cmd[cmd.index("analyze") if "analyze" in cmd else 2:])
+    print(f"{elapsed:8.1f} s  {shown}", file=sys.stderr, flush=True)  # a run cut short still says this
     return elapsed
 
 
@@ -71,7 +71,8 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({"tokens": args.tokens, "repeats": args.repeats, "cpus": os.cpu_count(),
                       "seconds": times, "medians": medians,
-                      "ratio 2 processes / 1 process": medians["2 processes (torchrun)"] / medians["1 process"],
+                      "ratio 2 processes / 1 process":
+                          medians["2 processes (torchrun)"] / medians["1 process"],
                       "merge_reports (library, best of 5) s": best,
                       "sites": len(parts[0].sites)}, indent=1))
     shutil.rmtree(work, ignore_errors=True)

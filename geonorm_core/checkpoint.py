@@ -179,7 +179,8 @@ def _run(Analyzer, model, batches, out_dir, every, resume, settings, sites, excl
             report = Report.from_dict(states[0].to_dict())
             for other in states[1:]:
                 report.merge(other)
-            counted = range(done_batches) if group is not None or world == 1 else range(rank, done_batches, world)
+            whole = group is not None or world == 1
+            counted = range(done_batches) if whole else range(rank, done_batches, world)
             report.meta["batches"] = batch_ranges(counted)
             if not complete:
                 report.meta.update(partial=True, tokens=tokens)

@@ -34,7 +34,8 @@ class RankFailed(ValueError):
 
 
 def is_mine(index: int, rank: int, world: int) -> bool:
-    """Whether item ``index`` (a batch, a dump shard) is counted by ``rank`` of ``world``: ``index % world == rank``."""
+    """Whether item ``index`` (a batch, a dump shard) is counted by ``rank`` of ``world``:
+    ``index % world == rank``."""
     return index % world == rank
 
 

@@ -70,7 +70,8 @@ def _differences(first: Report, other: Report) -> list[str]:
         diff.append("d")
     if "bins" not in diff and any(
             q.histogram.bins != other.sites[n][name].histogram.bins
-            for n, s in first.sites.items() for name, q in s.quantities.items() if name in other.sites[n].quantities):
+            for n, s in first.sites.items() for name, q in s.quantities.items()
+            if name in other.sites[n].quantities):
         diff.append("bins")
     if not diff and any(s.meta != other.sites[n].meta for n, s in first.sites.items()):
         diff.append("site metadata")
@@ -79,7 +80,8 @@ def _differences(first: Report, other: Report) -> list[str]:
 
 def _overlap(a: Report, b: Report) -> str | None:
     """Why ``a`` and ``b`` may share tokens (None: they cannot)."""
-    if all(k in a.meta for k in ("text_sha256", "batches")) and all(k in b.meta for k in ("text_sha256", "batches")):
+    provenance = ("text_sha256", "batches")
+    if all(k in a.meta for k in provenance) and all(k in b.meta for k in provenance):
         if any(a.meta.get(k) != b.meta.get(k) for k in _BATCHING):
             return None  # another text, or the same text cut into other batches: other tokens
         both = batch_set(a.meta["batches"]) & batch_set(b.meta["batches"])

@@ -152,9 +152,9 @@ def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu"
     torch_device = resolve_device(torch, device)
 
     short = name.strip().lower()
+    folder = None if offload_folder is None else os.fspath(offload_folder)
     dispatch = {k: v for k, v in (("device_map", device_map), ("max_memory", max_memory),
-                                  ("offload_folder", None if offload_folder is None else os.fspath(offload_folder)))
-                if v is not None}
+                                  ("offload_folder", folder)) if v is not None}
     if dispatch and "device_map" not in dispatch:
         raise ValueError("max_memory and offload_folder need a device_map (e.g. device_map='auto')")
     if short in MODELS:
@@ -329,8 +329,8 @@ def _load_other(transformers, name: str, dtype, **dispatch):
     source, config = _local_config(transformers, name)
     if config is None:
         if dispatch:
-            raise ValueError(f"device_map: {name!r} is a GGUF file; a device_map applies to checkpoint folders "
-                             f"and cached Hugging Face ids")
+            raise ValueError(f"device_map: {name!r} is a GGUF file; a device_map applies to checkpoint "
+                             f"folders and cached Hugging Face ids")
         path = Path(source)
         return _load_gguf(transformers, path.parent, path.name, dtype)
     model_class = _model_class(transformers, config)

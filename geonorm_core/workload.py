@@ -18,8 +18,8 @@ __all__ = ["model_and_batches", "progress"]
 
 def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_tokens: int | None = None,
                       seq_len: int = 256, batch_size: int = 8, device: str = "cpu", dtype: str = "float32",
-                      device_map: Any = None, max_memory: dict | None = None, offload_folder: str | None = None,
-                      ) -> tuple[Any, Any, Iterator[dict], dict]:
+                      device_map: Any = None, max_memory: dict | None = None,
+                      offload_folder: str | None = None) -> tuple[Any, Any, Iterator[dict], dict]:
     """``(model, tokenizer, batches, meta)`` for a model name or path and a text file.
 
     Parameters

@@ -61,7 +61,8 @@ def test_offloaded_sites_are_found_with_the_gains_the_forward_uses(models):
     for a, b in zip(found, expected):
         assert a.kind == b.kind and a.verified and np.array_equal(a.gain, b.gain)
         assert not np.all(a.gain == 1.0)
-    assert offloaded.get_submodule("model.layers.1.input_layernorm").weight.device.type == "meta"  # left as found
+    # left as found
+    assert offloaded.get_submodule("model.layers.1.input_layernorm").weight.device.type == "meta"
 
 
 def test_analyze_an_offloaded_model_gives_the_plain_models_report(models):
@@ -110,5 +111,6 @@ def test_cli_device_map_max_memory_offload_folder(checkpoint, tmp_path, capsys):
                      "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "--device cpu and --device-map auto: choose one" in err and err.count("\n") == 1
-    assert cli.main(["analyze", "--model", checkpoint, "--max-memory", "cpu=1GiB", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["analyze", "--model", checkpoint, "--max-memory", "cpu=1GiB",
+                     "--out", str(tmp_path / "x")]) == 2
     assert "--max-memory needs --device-map" in capsys.readouterr().err

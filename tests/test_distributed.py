@@ -246,12 +246,13 @@ def test_merge_refuses_to_count_tokens_twice(parts, one_process, tmp_path, capsy
 
 def test_merge_refuses_reports_that_measure_other_things(parts, tiny_checkpoint, tmp_path, capsys):
     other = tmp_path / "other"
-    assert cli.main(["analyze", "--model", tiny_checkpoint, "--max-tokens", "300", "--seq-len", "64", "--bins", "90",
-                     "--exclude-first-token", "--out", str(other)]) == 0
+    assert cli.main(["analyze", "--model", tiny_checkpoint, "--max-tokens", "300", "--seq-len", "64",
+                     "--bins", "90", "--exclude-first-token", "--out", str(other)]) == 0
     capsys.readouterr()
     err = fails(capsys, ["merge", str(parts / "p0"), str(other), "--out", str(tmp_path / "x")], 1)
     assert "differ in exclude_first_token, bins" in err
-    err = fails(capsys, ["merge", str(parts / "p0"), str(tmp_path / "missing"), "--out", str(tmp_path / "x")], 2)
+    err = fails(capsys, ["merge", str(parts / "p0"), str(tmp_path / "missing"),
+                         "--out", str(tmp_path / "x")], 2)
     assert "no such report" in err
 
 
@@ -285,7 +286,8 @@ def test_only_distributed_py_calls_torch_distributed():
     import re
 
     package = HERE.parent / "geonorm_core"
-    pattern = re.compile(r"^\s*(import torch\.distributed|from torch import distributed|from torch\.distributed)",
-                         re.MULTILINE)
-    users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if pattern.search(p.read_text()))
+    pattern = re.compile(r"^\s*(import torch\.distributed|from torch import distributed"
+                         r"|from torch\.distributed)", re.MULTILINE)
+    users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                   if pattern.search(p.read_text()))
     assert users == ["distributed.py"]

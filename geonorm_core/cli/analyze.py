@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the report so far to OUT/checkpoint.json every this many tokens (default: 10000)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same options)")
     p.add_argument("--part", type=part, default=None, metavar="K/N",
-                   help="count only the batches i with i %% N == K (0 <= K < N): one of N jobs that never meet, "
-                        "e.g. a Slurm array; combine their reports with `geonorm merge` (torchrun splits itself)")
+                   help="count only the batches i with i %% N == K (0 <= K < N): one of N jobs that never "
+                        "meet, e.g. a Slurm array; combine their reports with `geonorm merge` (torchrun "
+                        "splits itself)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="where the per-token values are computed: 'torch' on the tensors' device (only 7 values "
                         "per token and site reach the host), 'core' with the native CPU core; 'auto' (default) = "

@@ -34,8 +34,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=None, help="stop after this many tokens (default: all)")
     p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence (default: 256)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass (default: 8)")
-    p.add_argument("--device", default=None, help="torch device (default: cpu; under torchrun with cuda, each "
-                                                  "process its LOCAL_RANK's GPU)")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cpu; under torchrun with cuda, each process its "
+                        "LOCAL_RANK's GPU)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: float32)")
     p.add_argument("--device-map", default=None, metavar="MAP",
                    help="a model larger than one device, dispatched by accelerate: 'auto', 'balanced', "
@@ -66,8 +67,8 @@ def dispatch_options(args: argparse.Namespace) -> dict:
                 raise UsageError(f"{option} needs --device-map (e.g. --device-map auto)")
         return {}
     if args.device is not None:
-        raise UsageError(f"--device {args.device} and --device-map {args.device_map}: choose one (a device map "
-                         f"places the model's parts itself)")
+        raise UsageError(f"--device {args.device} and --device-map {args.device_map}: choose one (a device "
+                         f"map places the model's parts itself)")
     device_map: Any = args.device_map
     if device_map.lstrip().startswith("{"):
         try:
