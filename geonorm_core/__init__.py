@@ -17,6 +17,7 @@ from . import _moved
 from .analysis.accumulate import Histogram, Moments, Quantity, SiteStats
 from .analysis.compare import Comparison, compare
 from .analysis.measure import token_values
+from .analysis.merging import merge_reports
 from .analysis.report import Report
 from .dumps import ActivationSite, DumpError, analyze_dump, open_activations
 from .models.corpus import default_text, token_batches
@@ -29,7 +30,7 @@ _moved.install()   # the old flat module paths (measure, report, ...) keep worki
 __all__ = [
     "Decomposition", "decompose", "rotation", "remove_uniform", "layer_norm", "rms_norm", "ln_rms_gap",
     "token_values", "kernel_info", "get_num_threads", "set_num_threads", "__version__",
-    "Moments", "Histogram", "Quantity", "SiteStats", "Report", "compare", "Comparison",
+    "Moments", "Histogram", "Quantity", "SiteStats", "Report", "compare", "Comparison", "merge_reports",
     "analyze_dump", "open_activations", "ActivationSite", "DumpError",
     "default_text", "token_batches", "ModelNotFoundError",
 ]

@@ -1,6 +1,6 @@
 """The `geonorm` command, the top floor: options become library calls, results become files.
 
-One module per command (``analyze``, ``swap-test``, ``convert``, ``dump``, ``analyze-dump``, ``compare``,
+One module per command (``analyze``, ``swap-test``, ``convert``, ``dump``, ``analyze-dump``, ``merge``, ``compare``,
 ``bench``, ``prove``, ``info``), each with ``HELP``, ``add_arguments(parser)`` and ``run(args)``; the
 options they share live in :mod:`.options`, the checks made before a model runs in
 :mod:`.preflight`, and how a command fails in :mod:`.errors`.  Nothing in the library
@@ -12,12 +12,12 @@ import argparse
 import sys
 import warnings
 
-from . import analyze, analyze_dump, bench, compare, convert, dump, errors, info, prove, swap_test
+from . import analyze, analyze_dump, bench, compare, convert, dump, errors, info, merge, prove, swap_test
 from .options import add_debug_option
 
 #: The subcommands in the order ``geonorm --help`` lists them.
 COMMANDS = {"analyze": analyze, "bench": bench, "swap-test": swap_test, "convert": convert, "dump": dump,
-            "analyze-dump": analyze_dump, "compare": compare, "info": info}
+            "analyze-dump": analyze_dump, "merge": merge, "compare": compare, "info": info}
 
 
 class _Parser(argparse.ArgumentParser):

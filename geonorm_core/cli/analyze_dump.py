@@ -1,7 +1,11 @@
-"""``geonorm analyze-dump PATH``: the analyze report from a dump or from array files."""
+"""``geonorm analyze-dump PATH``: the analyze report from a dump or from array files.
+
+Under ``torchrun`` the processes split the shards (shard i of the list of every site's shards
+to rank i % N) and rank 0 writes the one report."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -41,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @preflight.holds_out_lock
 def run(args: argparse.Namespace) -> int:
+    from ..sources.distributed import launched
+
+    with launched() as (group, _):
+        return _run(args, lead=group is None or group.rank == 0)
+
+
+def _run(args: argparse.Namespace, lead: bool) -> int:
     if not Path(args.path).exists():
         raise UsageError(f"{args.path}: no such file or folder")
     out = preflight.writable_folder(args.out)
@@ -58,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
                         "the report")
     total = sum(s.rows for s in sites)
     print(f"analyzing {len(sites)} site(s), {total} rows, from {args.path} ...", file=sys.stderr, flush=True)
-    with progress(total) as bar:
+    with progress(total) if lead else contextlib.nullcontext() as bar:
         report = analyze_dump(sites, block_rows=args.block_rows, bins=args.bins, num_threads=args.threads,
                               scheduler=args.scheduler, progress=bar, verify=args.verify,
                               partial=args.partial)
+    if not lead:
+        return 0
     print(report.table() if report.layers() else report.site_table())
     print(wrote(report.save(args.out), args.out))
     return 0

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..durable import folder_lock
+from ..sources.distributed import launched_by_torchrun
 from .errors import CommandError, UsageError
 
 #: What a report folder takes at most per norm site (JSON with 7 quantities x 180 bins, CSV,
@@ -38,6 +39,8 @@ def holds_out_lock(run: Callable[[argparse.Namespace], int]) -> Callable[[argpar
     @functools.wraps(run)
     def locked(args: argparse.Namespace) -> int:
         folder = writable_folder(args.out)
+        if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+            return run(args)   # one job of torchrun's processes: rank 0 holds the folder for all of them
         with folder_lock(folder, f"geonorm {getattr(args, 'command', None) or 'command'}"):
             return run(args)
     return locked

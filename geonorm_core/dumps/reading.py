@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import os
 import re
 import threading
@@ -81,6 +82,7 @@ from ..analysis.accumulate import SiteStats
 from ..analysis.measure import quantity_names
 from ..analysis.report import Report
 from ..runtime import get_num_threads
+from ..sources import distributed
 from .formats import ARRAY_SUFFIXES, open_arrays
 from .manifest import MANIFEST_NAME, VERIFY_MODES, open_dump
 from .shards import ActivationSite, DumpError
@@ -260,7 +262,8 @@ def _advise_file(path: Path) -> None:
 def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_rows: int | None = None,
                  bins: int = 180, num_threads: int | None = None, scheduler: Any = None,
                  progress: Callable[[int], None] | None = None, verify: str = "sha256",
-                 partial: bool = False, sites: Sequence[str] | None = None, model: Any = None) -> Report:
+                 partial: bool = False, sites: Sequence[str] | None = None, model: Any = None,
+                 merge_ranks: bool = True) -> Report:
     """Measure the geometry of dumped activations: the report ``analyze`` gives, from disk.
 
     Each site's shards are streamed in blocks of ``block_rows`` rows through
@@ -280,6 +283,9 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
     progress : called with the number of rows done (all sites) after each block.
     verify, partial : as :func:`open_activations` (see the module docstring).
     sites, model : as :func:`open_activations` (a path only).
+    merge_ranks : inside an initialized ``torch.distributed`` process group of several ranks, every
+        rank passes the same dump, counts the shards ``i % world == rank`` of the list of every
+        site's shards, and returns the merged report (default); False: each rank reads it all.
 
     Returns
     -------
@@ -310,6 +316,9 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
     if num_threads is None:  # the rest of the cores compute (sha256 and the kernels cost about alike)
         num_threads = max(1, cores - hash_threads) if hashing else cores
     plan = [(site, k) for site in sites for k in range(len(site.hidden))]
+    group = distributed.current(merge_ranks)
+    if group is not None:
+        plan = [item for i, item in enumerate(plan) if group.mine(i)]
     stats = {site.name: site.new_stats(bins) for site in sites}
     done = 0
 
@@ -320,16 +329,17 @@ def analyze_dump(path: str | os.PathLike | Sequence[ActivationSite], *, block_ro
             progress(done)
 
     records = {id(r): r for site in sites for s in site.hidden if (r := getattr(s, "record", None))}
-    try:
-        with _ReadAhead(hash_threads) as ahead:
-            for i, (site, k) in enumerate(plan):
-                rows = block_rows or site.default_block_rows()
-                ahead.schedule(plan, i, rows)
-                _analyze_shard(site, k, stats[site.name], rows, num_threads, ahead, rows_done)
-    finally:  # remember the shards that hashed right, even when a later one did not
-        for r in records.values():
-            r.save()
-    return Report(meta=meta, sites=stats)
+    with contextlib.nullcontext() if group is None else group.failures_shared():
+        try:
+            with _ReadAhead(hash_threads) as ahead:
+                for i, (site, k) in enumerate(plan):
+                    rows = block_rows or site.default_block_rows()
+                    ahead.schedule(plan, i, rows)
+                    _analyze_shard(site, k, stats[site.name], rows, num_threads, ahead, rows_done)
+        finally:  # remember the shards that hashed right, even when a later one did not
+            for r in records.values():
+                r.save()
+    return distributed.merged(group, Report(meta=meta, sites=stats))
 
 
 def analyze_shard(site: ActivationSite, k: int, stats: SiteStats | None = None, *,

@@ -534,14 +534,18 @@ def convert_model(name_or_path: str, out_dir: str | os.PathLike, *, dtype: Any =
 
 
 def load_model_or_converted(name_or_path: str, *, dtype: Any = "float32",
-                            device: Any = "cpu") -> tuple[Any, Any]:
+                            device: Any = "cpu", **dispatch: Any) -> tuple[Any, Any]:
     """:func:`load_converted` for a folder :func:`save_converted` wrote, else
-    :func:`geonorm_core.models.load_model`: what ``geonorm analyze --model`` should call."""
+    :func:`geonorm_core.models.load_model` (``dispatch``: its ``device_map``, ``max_memory``,
+    ``offload_folder``): what ``geonorm analyze --model`` should call."""
+    dispatch = {k: v for k, v in dispatch.items() if v is not None}
     if isinstance(name_or_path, (str, os.PathLike)) and is_converted(name_or_path):
+        if dispatch:
+            raise ValueError(f"device_map: {name_or_path} is a converted model; it loads whole on --device")
         return load_converted(name_or_path, dtype=dtype, device=device)
     from ..models.registry import load_model
 
-    return load_model(name_or_path, dtype=dtype, device=device)
+    return load_model(name_or_path, dtype=dtype, device=device, **dispatch)
 
 
 def describe(record: dict) -> str:

@@ -307,7 +307,7 @@ class GeometryMonitor:
         if self._budget is None or self._budget[0] != step:
             self._budget = (step, self.max_tokens_per_step)
         an = Analyzer(self.model, self.site_names, bins=self.bins, num_threads=self.num_threads,
-                      backend=self.backend,
+                      backend=self.backend, merge_ranks=False,  # each rank of a DDP run records its own
                       exclude_first_token=self.exclude_first_token, meta={"step": int(step)})
         an.__enter__()
         self._analyzer, self._step = an, step

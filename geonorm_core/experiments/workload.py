@@ -8,6 +8,7 @@ encoder hears the same text spoken (espeak-ng).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ __all__ = ["model_and_batches", "progress"]
 
 def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_tokens: int | None = None,
                       seq_len: int = 256, batch_size: int = 8, device: str = "cpu", dtype: str = "float32",
-                      ) -> tuple[Any, Any, Iterator[dict], dict]:
+                      device_map: Any = None, max_memory: dict | None = None,
+                      offload_folder: str | None = None) -> tuple[Any, Any, Iterator[dict], dict]:
     """``(model, tokenizer, batches, meta)`` for a model name or path and a text file.
 
     Parameters
@@ -31,6 +33,8 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     text : a UTF-8 text file; None: the bundled public-domain corpus.
     max_tokens, seq_len, batch_size : see :func:`geonorm_core.models.corpus.token_batches`.
     device, dtype : where and in which precision the model runs.
+    device_map, max_memory, offload_folder : a model dispatched by accelerate over devices and disk
+        (:func:`geonorm_core.models.load_model`); ``device`` is then not used.
 
     Returns
     -------
@@ -43,14 +47,20 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
 
     torch, _ = import_torch_side()
     resolve_dtype(torch, dtype)  # a bad dtype fails before the model loads
+    digest = hashlib.sha256()   # which text: with the batches counted, what tells reports' tokens apart
     if text is None:
         body = default_text()
-    else:  # streamed, never held whole; the first block is read now, so a bad file fails before loading
+        digest.update(body.encode("utf-8"))
+    else:  # streamed, never held whole (hashed in one more pass over blocks, so memory stays small)
+        for block in text_blocks(text):
+            digest.update(block.encode("utf-8"))
         blocks = text_blocks(text)
-        first = next(blocks)
+        first = next(blocks)   # read now, so a bad file fails before loading
         body = itertools.chain([first], blocks)
-    print(f"loading {model} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
-    net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device)
+    where = device if device_map is None else f"device_map={device_map}"
+    print(f"loading {model} ({dtype}, {where}) ...", file=sys.stderr, flush=True)
+    net, tokenizer = load_model_or_converted(model, dtype=dtype, device=device, device_map=device_map,
+                                             max_memory=max_memory, offload_folder=offload_folder)
     if getattr(net.config, "model_type", None) == "whisper":
         from ..models.speech import WhisperDecoderFeed, whisper_batches
 
@@ -61,7 +71,16 @@ def model_and_batches(model: str = "smollm2", *, text: str | None = None, max_to
     else:
         batches = token_batches(body, tokenizer, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
     meta = {"model_name": model, "text": text or "default corpus", "seq_len": seq_len,
-            "batch_size": batch_size, "dtype": dtype, "device": device, "geonorm_version": __version__}
+            "batch_size": batch_size, "max_tokens": max_tokens, "dtype": dtype, "device": device,
+            "geonorm_version": __version__,
+            # which tokens: with the batches counted, what tells two reports' token sets apart (merging.py)
+            "text_sha256": digest.hexdigest()}
+    if device_map is not None:
+        placed: dict[str, int] = {}  # how many of the model's parts went where (a GPU index, cpu, disk)
+        for where_to in getattr(net, "hf_device_map", {}).values():
+            placed[str(where_to)] = placed.get(str(where_to), 0) + 1
+        meta.update(device="device_map", device_map=device_map if isinstance(device_map, str) else "explicit",
+                    placement=placed)
     return net, tokenizer, batches, meta
 
 

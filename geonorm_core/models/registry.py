@@ -103,7 +103,9 @@ _INSTALL_HINT = (
 model_cache_dir = cache_dir
 
 
-def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu") -> tuple[Any, Any]:
+def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu", device_map: Any = None,
+               max_memory: dict | None = None, offload_folder: str | os.PathLike | None = None
+               ) -> tuple[Any, Any]:
     """Load a model and its tokenizer, offline, in eval mode.
 
     Parameters
@@ -117,6 +119,11 @@ def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu"
         floating ``torch.dtype``.  GGUF weights are dequantized to it.
     device
         Where the model is moved after loading (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``).
+    device_map, max_memory, offload_folder
+        A model larger than one device, dispatched by accelerate as ``from_pretrained`` does it
+        (``device_map="auto"`` or an explicit map; ``max_memory={"cpu": "2GiB", 0: "20GiB"}``; the
+        folder for the layers that go to disk).  For checkpoint folders and cached Hugging Face
+        ids; ``device`` is then not used.
 
     Returns
     -------
@@ -145,10 +152,21 @@ def load_model(name_or_path: str, *, dtype: Any = "float32", device: Any = "cpu"
     torch_device = resolve_device(torch, device)
 
     short = name.strip().lower()
+    folder = None if offload_folder is None else os.fspath(offload_folder)
+    dispatch = {k: v for k, v in (("device_map", device_map), ("max_memory", max_memory),
+                                  ("offload_folder", folder)) if v is not None}
+    if dispatch and "device_map" not in dispatch:
+        raise ValueError("max_memory and offload_folder need a device_map (e.g. device_map='auto')")
     if short in MODELS:
+        if dispatch:
+            raise ValueError(f"device_map: the short-name model {short!r} loads from its package whole; a "
+                             f"device_map applies to checkpoint folders and cached Hugging Face ids")
         model, tokenizer = _LOADERS[short](transformers, torch_dtype)
     else:
-        model, tokenizer = _load_other(transformers, name, torch_dtype)
+        model, tokenizer = _load_other(transformers, name, torch_dtype, **dispatch)
+    if dispatch:
+        model.eval()
+        return model, tokenizer
     if torch_device.type != "cpu":
         model = model.to(torch_device)
     model.eval()
@@ -307,13 +325,16 @@ def resolve_model(name_or_path: str) -> str:
     return f"{kind} {name} ({config.model_type})"
 
 
-def _load_other(transformers, name: str, dtype):
+def _load_other(transformers, name: str, dtype, **dispatch):
     source, config = _local_config(transformers, name)
     if config is None:
+        if dispatch:
+            raise ValueError(f"device_map: {name!r} is a GGUF file; a device_map applies to checkpoint "
+                             f"folders and cached Hugging Face ids")
         path = Path(source)
         return _load_gguf(transformers, path.parent, path.name, dtype)
     model_class = _model_class(transformers, config)
-    model = model_class.from_pretrained(source, dtype=dtype, local_files_only=True)
+    model = model_class.from_pretrained(source, dtype=dtype, local_files_only=True, **dispatch)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:

@@ -22,6 +22,7 @@ activations the paper's 9-degree SDs hint at).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..analysis.accumulate import SiteStats
 from ..analysis.measure import BACKENDS, quantity_names, token_values
 from ..analysis.measure_torch import token_values_torch
 from ..analysis.report import Report
+from . import distributed
 from .batches import batch_on, real_tokens
 from .interop import unwrap
 from .sites import NormSite, find_norm_sites, hook_sites, hook_tensors
@@ -113,13 +115,23 @@ class Analyzer:
     them -- each site's real-token rows as NumPy ``(rows, d)`` arrays in the hook's dtype, on the
     host (what :func:`~geonorm_core.dumps.writing.dump` writes to disk).  The arrays may be views of
     buffers reused by the next forward pass: copy what you keep.
+
+    Inside an initialized ``torch.distributed`` process group of several ranks, each rank feeds
+    its own batches and :meth:`report` is collective: every rank must call it, and every rank
+    gets the report of all ranks' tokens (merged from the accumulators' state, in rank order;
+    :mod:`geonorm_core.sources.distributed`).  ``merge_ranks=False`` keeps each rank's report its own.
+
+    A model dispatched by accelerate (``device_map=``, ``max_memory=``, ``offload_folder=``) is
+    measured where each site runs; offloaded sites are found and their gain and bias read from
+    the weights accelerate loads for the forward (:func:`geonorm_core.sources.sites.find_norm_sites`).
     """
 
     def __init__(self, model: torch.nn.Module, sites: Sequence[str] | None = None, *,
                  exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
-                 num_threads: int | None = 1, backend: str = "auto",
+                 num_threads: int | None = 1, backend: str = "auto", merge_ranks: bool = True,
                  row_sink: Callable[[NormSite, np.ndarray, np.ndarray], None] | None = None) -> None:
         self.backend = check_backend(backend)
+        self.merge_ranks = bool(merge_ranks)
         self.model = model
         self._wrapped = unwrap(model)  # once: a bridge's view is built from all its modules
         self.sites = select_sites(model, sites)
@@ -253,7 +265,7 @@ class Analyzer:
         """Run the model on one tokenizer batch; return the number of tokens counted."""
         wrapped = self._wrapped  # TransformerLens / nnsight: their model, their calling convention
         runs = self.model if wrapped is None else wrapped.inner
-        inputs = batch_on(next(runs.parameters()).device, batch)
+        inputs = batch_on(input_device(runs), batch)
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         rows = self.token_mask(tuple(ids.shape), mask)
         self.count_only(rows)
@@ -282,8 +294,26 @@ class Analyzer:
         self._index_on.clear()
 
     def report(self) -> Report:
+        """The report of the tokens fed so far (of every rank's, inside a process group: a
+        collective call unless ``merge_ranks=False``)."""
         self.flush()
-        return Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
+        mine = Report(meta=dict(self.meta), sites={k: v.copy() for k, v in self.stats.items()})
+        return distributed.merged(distributed.current(self.merge_ranks), mine)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: its first parameter's device, or for a model dispatched by
+    accelerate (``hf_device_map``) the device of its first part (the CPU for a part on disk)."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        first = next(iter(device_map.values()))
+        if isinstance(first, int):
+            return torch.device("cuda", first)
+        return torch.device("cpu" if first in ("disk", "meta") else first)
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def _kept(a: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
@@ -299,7 +329,7 @@ def _as_f64(a: np.ndarray | None) -> np.ndarray | None:
 def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sites: Sequence[str] | None = None,
             exclude_first_token: bool = False, bins: int = 180, meta: Mapping | None = None,
             progress: Callable[[int], None] | None = None, num_threads: int | None = 1,
-            backend: str = "auto") -> Report:
+            backend: str = "auto", merge_ranks: bool = True) -> Report:
     """Run ``model`` over ``batches`` and measure the geometry at every norm site.
 
     Parameters
@@ -317,6 +347,10 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
     backend : ``"auto"`` (default: ``"torch"`` for CUDA tensors, ``"core"`` for CPU ones), ``"core"``
         (the native core on host rows) or ``"torch"`` (torch ops on the tensors' device, only the
         per-token values cross to the host).  Same quantities within the accuracy contract.
+    merge_ranks : inside an initialized ``torch.distributed`` process group of several ranks, each
+        rank passes its own batches and every rank returns the merged report of all of them
+        (default); False: each rank's own report.  A rank that fails makes every rank raise
+        :class:`geonorm_core.sources.distributed.RankFailed` naming it.
 
     Returns
     -------
@@ -324,13 +358,17 @@ def analyze(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], *, sit
         ``report.sites[name]`` holds each site's statistics (``.angle_hidden.mean`` ...),
         ``report.table()`` the paper's Tables 2-4 for this model.
     """
-    with Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
-                  num_threads=num_threads, backend=backend) as an:
+    group = distributed.current(merge_ranks)
+    shared = contextlib.nullcontext() if group is None else group.failures_shared()
+    with shared, Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins, meta=meta,
+                          num_threads=num_threads, backend=backend, merge_ranks=False) as an:
         tokens = 0
         for batch in batches:
             tokens += an.feed(batch)
             if progress is not None:
                 progress(tokens)
+    if group is not None:
+        tokens = sum(group.exchange(tokens))
     if tokens == 0:
         raise ValueError("batches: no tokens were analyzed (empty corpus, or every token masked out)")
-    return an.report()
+    return distributed.merged(group, an.report())

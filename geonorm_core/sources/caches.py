@@ -80,7 +80,8 @@ def analyze_cache(cache: Mapping[str, Any], model: Any = None, *, attention_mask
                             "it came from, e.g. analyze_cache(saved, lm)")
     keys = set(cache.keys())
     an = Analyzer(model, sites, exclude_first_token=exclude_first_token, bins=bins,
-                  meta={"source": "cache", **dict(meta or {})}, num_threads=num_threads)
+                  meta={"source": "cache", **dict(meta or {})}, num_threads=num_threads,
+                  merge_ranks=False)  # a cache is one rank's own: never a collective call
     pairs = {}
     for site in an.sites:
         pair = next(((site.name + i, site.name + o) for i, o in _PAIRS

@@ -127,6 +127,7 @@ from ..interop import unwrap
 from .candidates import ModuleTree, is_candidate, size_of
 from .formula import Formula, Identity, Unverifiable, identify
 from .hooks import hook_sites, hook_tensors
+from .offload import as_the_forward_sees_it
 from .roles import ROLES, config_says_post_ln, forward_order, layer_of, model_width, role_of, stack_of
 
 __all__ = ["ROLES", "Formula", "Identity", "NormSite", "Unverifiable", "find_norm_sites", "hook_sites",
@@ -247,7 +248,8 @@ def find_norm_sites(model: Any, *, include_unknown: bool = False) -> list[NormSi
 
     found = []
     for order, (name, module) in enumerate(candidates):
-        ident = identify(module, probe_width)
+        with as_the_forward_sees_it(module):  # weights offloaded by accelerate, loaded as its hook would
+            ident = identify(module, probe_width)
         if ident.kind == "unknown" and not include_unknown:
             warnings.warn(f"find_norm_sites: skipping {name!r} ({type(module).__name__}): "
                           f"{ident.why}; pass include_unknown=True to list it", stacklevel=2)
