@@ -567,3 +567,69 @@ def fast_ln_rms_gap(x, weight, bias, eps, num_threads):
     if rc:
         raise MemoryError("geonorm: no memory for a scratch row")
     return result
+
+
+def fast_site_values(hidden, post, gain, bias, eps, num_threads, out):
+    """gn_site_values on the common case: (the (q, rows) float64 values, hidden's leading shape), or None.
+
+    out: None or a float64 array (q, rows) with contiguous rows, as measure.token_values takes it."""
+    cdef gn_view hv, pv
+    cdef gn_rows hr, pr
+    cdef const gn_rows *pp = NULL
+    cdef double e = 0.0
+    cdef int nt, rc, nq
+    cdef const void *wp
+    cdef const void *bp
+    cdef void *wown = NULL
+    cdef void *bown = NULL
+    cdef cnp.npy_intp dims[2]
+    cdef cnp.ndarray o
+    cdef int64_t qstride
+    if not _eps_ok(eps, &e) or _view(hidden, &hv, False) < 0:
+        return None
+    if post is not None:
+        if _view(post, &pv, False) < 0 or pv.kind != hv.kind or pv.n != hv.n or pv.d != hv.d:
+            return None
+        if hv.kind == 1:
+            if not _same_shape(hidden, &hv, post, &hv):
+                return None
+        elif hidden.shape != post.shape:
+            return None
+    nt = _threads(num_threads)
+    if nt < 0:
+        return None
+    nq = 7 if post is not None else 4
+    if out is None:
+        dims[0] = nq
+        dims[1] = hv.n
+        values = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT64, 0)
+        qstride = hv.n
+    else:
+        if not cnp.PyArray_Check(out):
+            return None
+        o = <cnp.ndarray>out
+        if (cnp.PyArray_TYPE(o) != cnp.NPY_FLOAT64 or not cnp.PyArray_ISNOTSWAPPED(o) or cnp.PyArray_NDIM(o) != 2
+                or cnp.PyArray_DIM(o, 0) != nq or cnp.PyArray_DIM(o, 1) != hv.n or not cnp.PyArray_ISWRITEABLE(o)
+                or (hv.n >= 2 and cnp.PyArray_STRIDE(o, 1) != 8) or cnp.PyArray_STRIDE(o, 0) % 8
+                or cnp.PyArray_STRIDE(o, 0) < 8 * hv.n or (<uintptr_t>cnp.PyArray_DATA(o)) % 8):
+            return None
+        values = out
+        qstride = cnp.PyArray_STRIDE(o, 0) // 8
+    if _vector(gain, hv.d, 0, NULL, &wp, &wown) < 0:
+        return None
+    if _vector(bias, hv.d, 0, NULL, &bp, &bown) < 0:
+        free(wown)
+        return None
+    _spec(&hr, &hv)
+    if post is not None:
+        _spec(&pr, &pv)
+        pp = &pr
+    with nogil:
+        rc = gn_site_values(&hr, pp, <const double *>wp, <const double *>bp, e,
+                            <double *>cnp.PyArray_DATA(<cnp.ndarray>values), qstride, nt)
+    free(wown)
+    free(bown)
+    if rc:
+        raise MemoryError("geonorm: no memory for a scratch row")
+    shape = hidden.shape
+    return values, shape[:len(shape) - 1]
