@@ -4,7 +4,7 @@
 Arrays arrive as *row specs*, tuples (address, n0, n1, d, s0, s1, sd, dtype)
 that geonorm_core._arrays builds and validates; this module trusts them.
 """
-from libc.stdint cimport int64_t, uint16_t, uintptr_t
+from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.math cimport isfinite
 import sys
@@ -25,6 +25,7 @@ cdef extern from "geonorm.h" nogil:
         int dtype
     int gn_simd_supported(int level)
     int64_t gn_serial_threshold(int64_t bytes)
+    void gn_widen(int dtype, const void *src, int64_t n, int to_double, void *dst)
     int gn_simd_set(int level)
     int gn_simd_active()
     int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
@@ -35,10 +36,6 @@ cdef extern from "geonorm.h" nogil:
                      const void *bias, double eps, int nthreads)
     int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias,
                        double eps, double *out, int64_t qstride, int nthreads)
-
-cdef extern from "dtypes.h" nogil:
-    float gn_bf16_to_float(uint16_t h)
-    float gn_half_to_float(uint16_t h)
 
 cdef extern from *:
     """
@@ -340,10 +337,6 @@ cdef int _vector(object p, int64_t d, int cdtype, const gn_view *avoid, const vo
     in place when it already is one (and does not overlap `avoid`), else converted into a
     malloc'd copy (*owned, for the caller to free).  0 done, -1 not for the fast path."""
     cdef gn_view v
-    cdef int64_t i
-    cdef float *f
-    cdef double *g
-    cdef double val
     ptr[0] = NULL
     owned[0] = NULL
     if p is None:
@@ -361,21 +354,7 @@ cdef int _vector(object p, int64_t d, int cdtype, const gn_view *avoid, const vo
     owned[0] = malloc(<size_t>(d * (8 if cdtype == 0 else 4)))
     if owned[0] == NULL:
         raise MemoryError("geonorm: no memory for a copy of a gain or bias")
-    f = <float *>owned[0]
-    g = <double *>owned[0]
-    for i in range(d):
-        if v.dtype == 0:
-            val = (<double *>v.data)[i]
-        elif v.dtype == 1:
-            val = (<float *>v.data)[i]
-        elif v.dtype == 2:
-            val = gn_half_to_float((<uint16_t *>v.data)[i])
-        else:
-            val = gn_bf16_to_float((<uint16_t *>v.data)[i])
-        if cdtype == 0:
-            g[i] = val
-        else:
-            f[i] = <float>val
+    gn_widen(v.dtype, v.data, d, cdtype == 0, owned[0])
     ptr[0] = owned[0]
     return 0
 
