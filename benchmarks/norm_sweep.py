@@ -73,29 +73,29 @@ def calls(op, x, y, w, b, xt, yt, wt, bt, out, outt, kind):
     d = xt.shape[-1]
     eps = 1e-5
     if op == "layer_norm":
-        g = lambda: gn.layer_norm(gx, gw, gb, eps, out=go)  # noqa: E731
-        t = lambda: F.layer_norm(xt, (d,), wt, bt, eps)  # noqa: E731
+        g = lambda: gn.layer_norm(gx, gw, gb, eps, out=go)
+        t = lambda: F.layer_norm(xt, (d,), wt, bt, eps)
     elif op == "rms_norm":
-        g = lambda: gn.rms_norm(gx, gw, eps, out=go)  # noqa: E731
-        t = lambda: F.rms_norm(xt, (d,), wt, eps)  # noqa: E731
+        g = lambda: gn.rms_norm(gx, gw, eps, out=go)
+        t = lambda: F.rms_norm(xt, (d,), wt, eps)
     elif op == "remove_uniform":
-        g = lambda: gn.remove_uniform(gx, out=go)  # noqa: E731
+        g = lambda: gn.remove_uniform(gx, out=go)
         if outt is None:
-            t = lambda: xt - xt.mean(-1, keepdim=True)  # noqa: E731
+            t = lambda: xt - xt.mean(-1, keepdim=True)
         else:
-            t = lambda: torch.sub(xt, xt.mean(-1, keepdim=True), out=outt)  # noqa: E731
+            t = lambda: torch.sub(xt, xt.mean(-1, keepdim=True), out=outt)
     elif op == "decompose":
-        g = lambda: gn.decompose(gx)  # noqa: E731
-        t = lambda: _torch_decompose(xt)  # noqa: E731
+        g = lambda: gn.decompose(gx)
+        t = lambda: _torch_decompose(xt)
     elif op == "rotation":
-        g = lambda: gn.rotation(gx, gy)  # noqa: E731
-        t = lambda: _torch_rotation(xt, yt)  # noqa: E731
+        g = lambda: gn.rotation(gx, gy)
+        t = lambda: _torch_rotation(xt, yt)
     elif op == "ln_rms_gap":
-        g = lambda: gn.ln_rms_gap(gx, gw, gb, eps)  # noqa: E731
-        t = lambda: _torch_gap(xt, wt, bt, eps)  # noqa: E731
+        g = lambda: gn.ln_rms_gap(gx, gw, gb, eps)
+        t = lambda: _torch_gap(xt, wt, bt, eps)
     else:
-        g = lambda: measure.token_values(gx, gy, gain=gw, bias=gb, eps=eps)  # noqa: E731
-        t = lambda: _torch_token_values(xt, yt, wt, bt, eps)  # noqa: E731
+        g = lambda: measure.token_values(gx, gy, gain=gw, bias=gb, eps=eps)
+        t = lambda: _torch_token_values(xt, yt, wt, bt, eps)
     return g, t
 
 
@@ -180,8 +180,9 @@ def threshold(args) -> list[dict]:
             for rows in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
                 x = np.random.default_rng(0).standard_normal((rows, d)).astype(np.float32)
                 out = np.empty_like(x)
-                one, two = interleaved([lambda: gn.layer_norm(x, out=out, num_threads=1),
-                                        lambda: gn.layer_norm(x, out=out, num_threads=2)], rounds=15)
+                one, two = interleaved([lambda x=x, out=out: gn.layer_norm(x, out=out, num_threads=1),
+                                        lambda x=x, out=out: gn.layer_norm(x, out=out, num_threads=2)],
+                                       rounds=15)
                 nbytes = 2 * x.nbytes
                 print(f"d={d:<5d} rows={rows:<5d} bytes={nbytes:<9d} 1 thread {one * 1e6:8.2f} us  "
                       f"2 threads {two * 1e6:8.2f} us  {one / two:5.2f}x", flush=True)

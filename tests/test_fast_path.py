@@ -4,11 +4,11 @@ calling thread): the same bits as the general path, the oracle's accuracy, and e
 import numpy as np
 import pytest
 import torch
+from nasty import DTYPES, check_op, nasty_rows
 
 import geonorm_core as gn
 from geonorm_core import measure
 from geonorm_core._native import _core
-from nasty import DTYPES, check_op, nasty_rows
 
 ROWS = (1, 2, 3, 15, 16, 17)
 TORCH = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64,
