@@ -6,6 +6,7 @@ compilers that lack it."""
 import os
 import sys
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
@@ -24,7 +25,8 @@ core = Extension(
     depends=[f"{native}/{h}" for h in
              ("geonorm.h", "dtypes.h", "kernels_scalar.h", "kernels_narrow.h", "kernels_f64.h", "kernels_path.h",
               "kernels_rows.h", "stats.h")],
-    include_dirs=[native],
+    include_dirs=[native, numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=compile_args,
     extra_link_args=openmp,
 )

@@ -81,6 +81,10 @@ def decompose(x: Any, *, num_threads: int | None = None) -> Decomposition:
         ``x.shape[:-1]``.  Exact: two passes over each row from cache, float64
         accumulation, never E[x^2] - mu^2.
     """
+    fast = _core.fast_decompose(x, num_threads)
+    if fast is not None:
+        values, lead, d = fast
+        return Decomposition(*(values[i].reshape(lead) for i in range(len(_FIELDS))), d=d)
     arr = _arrays.as_rows(x)
     nthreads = resolve_threads(num_threads)
     lead = arr.shape[:-1]
@@ -106,6 +110,9 @@ def rotation(x: Any, y: Any, *, num_threads: int | None = None) -> np.ndarray:
     -------
     numpy.ndarray of float64, shape ``x.shape[:-1]``.
     """
+    fast = _core.fast_rotation(x, y, num_threads)
+    if fast is not None:
+        return fast
     xa, ya = _arrays.as_rows(x, "x"), _arrays.as_rows(y, "y")
     if xa.shape != ya.shape:
         raise ValueError(f"y must have the same shape as x {xa.shape}, got {ya.shape}")
@@ -130,6 +137,9 @@ def ln_rms_gap(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5, 
     -------
     numpy.ndarray of float64, shape ``x.shape[:-1]``.
     """
+    fast = _core.fast_ln_rms_gap(x, weight, bias, eps, num_threads)
+    if fast is not None:
+        return fast
     arr = _arrays.as_rows(x)
     layer = _arrays.Layer(arr, weight, bias, eps, np.float64)
     nthreads = resolve_threads(num_threads)
@@ -142,6 +152,7 @@ def ln_rms_gap(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5, 
 
 def _normalize(kind: int, x: Any, weight: Any, bias: Any, eps: float, out: Any,
                num_threads: int | None) -> Any:
+    """The general path of the three norms: any layout, every check (the fast path took the common case)."""
     arr = _arrays.as_rows(x)
     layer = _arrays.Layer(arr, weight, bias, eps, np.float64 if arr.dtype == np.float64 else np.float32)
     nthreads = resolve_threads(num_threads)
@@ -160,6 +171,9 @@ def remove_uniform(x: Any, *, out: Any = None, num_threads: int | None = None) -
     Returns an array (or tensor, for a tensor input) of x's dtype and shape,
     computed in at least float32 with the mean from float64 sums.
     """
+    fast = _core.fast_normalize(_core.REMOVE_UNIFORM, x, None, None, 0.0, out, num_threads)
+    if fast is not None:
+        return fast
     return _normalize(_core.REMOVE_UNIFORM, x, None, None, 0.0, out, num_threads)
 
 
@@ -172,6 +186,9 @@ def layer_norm(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5, 
     tensor for a tensor input); computes in float32 (float64 for float64 input)
     with exact two-pass statistics.
     """
+    fast = _core.fast_normalize(_core.LAYER_NORM, x, weight, bias, eps, out, num_threads)
+    if fast is not None:
+        return fast
     return _normalize(_core.LAYER_NORM, x, weight, bias, eps, out, num_threads)
 
 
@@ -183,4 +200,7 @@ def rms_norm(x: Any, weight: Any = None, eps: float = 1e-6, *, bias: Any = None,
     LayerNorm becomes on a stream orthogonal to 1, RMSNorm + beta (G9; :mod:`geonorm_core.experiments.convert`),
     added in the same pass.  Returns x's dtype and shape (a tensor for a tensor input).
     """
+    fast = _core.fast_normalize(_core.RMS_NORM, x, weight, bias, eps, out, num_threads)
+    if fast is not None:
+        return fast
     return _normalize(_core.RMS_NORM, x, weight, bias, eps, out, num_threads)

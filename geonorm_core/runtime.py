@@ -55,6 +55,7 @@ def get_num_threads() -> int:
     global _num_threads
     if _num_threads == 0:
         _num_threads = _env_threads()
+        _core.set_default_threads(_num_threads)
     return _num_threads
 
 
@@ -62,6 +63,7 @@ def set_num_threads(n: int) -> None:
     """Set the default thread count; results are bitwise identical for any n."""
     global _num_threads
     _num_threads = resolve_threads(n)
+    _core.set_default_threads(_num_threads)
 
 
 def resolve_threads(num_threads: int | None) -> int:
@@ -103,6 +105,7 @@ def _apply_env_simd() -> None:
 
 
 _apply_env_simd()
+_core.set_default_threads(0, get_num_threads)  # the ops' fast path asks get_num_threads on first use
 
 
 def cache_dir() -> Path:

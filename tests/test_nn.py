@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 
 import geonorm_core.nn as gnn  # noqa: E402
 from geonorm_core import ops  # noqa: E402
+from geonorm_core._native import _core  # noqa: E402
 from geonorm_core.sources.sites import find_norm_sites  # noqa: E402
 
 F = torch.nn.functional
@@ -42,6 +43,13 @@ def calls(monkeypatch):
             seen[_name] += 1
             return _real(*a, **k)
         monkeypatch.setattr(ops, name, spy)
+    kinds = {_core.LAYER_NORM: "layer_norm", _core.RMS_NORM: "rms_norm"}
+
+    def fast_spy(kind, *a):  # the modules' inference path calls the core's fast path directly
+        y = _core.fast_normalize(kind, *a)
+        seen[kinds[kind]] += y is not None
+        return y
+    monkeypatch.setattr(gnn, "_fast_normalize", fast_spy)
     return seen
 
 

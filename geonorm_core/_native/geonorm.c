@@ -626,6 +626,41 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
         gn_row_affine_exact(dtype, row, orow, d, ex, mu, s, out_ex, w, b);
 }
 
+/* n values of any dtype as float (to_double 0) or double (1): gains and biases in the compute type. */
+#ifdef GN_X86
+/* half -> float with F16C, 8 at a time (the AVX2 and AVX-512 paths' CPUs have it) */
+__attribute__((target("avx,f16c"))) static void gn_widen_f16c(const uint16_t *h, int64_t n, float *f)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) f[i] = gn_half_to_float(h[i]);
+}
+#endif
+
+void gn_widen(int dtype, const void *src, int64_t n, int to_double, void *dst)
+{
+    float *f = (float *)dst;
+    double *g = (double *)dst;
+    const uint16_t *h = (const uint16_t *)src;
+    const float *s = (const float *)src;
+    const double *e = (const double *)src;
+    /* one loop per pair, so that each vectorizes */
+    if (to_double) {
+        if (dtype == GN_F64) memcpy(g, e, (size_t)n * 8);
+        else if (dtype == GN_F32) for (int64_t i = 0; i < n; i++) g[i] = s[i];
+        else if (dtype == GN_BF16) for (int64_t i = 0; i < n; i++) g[i] = gn_bf16_to_float(h[i]);
+        else for (int64_t i = 0; i < n; i++) g[i] = gn_half_to_float(h[i]);
+    } else {
+        if (dtype == GN_F64) for (int64_t i = 0; i < n; i++) f[i] = (float)e[i];
+        else if (dtype == GN_F32) memcpy(f, s, (size_t)n * 4);
+        else if (dtype == GN_BF16) for (int64_t i = 0; i < n; i++) f[i] = gn_bf16_to_float(h[i]);
+#ifdef GN_X86
+        else if (gn_simd_active() >= GN_AVX2) gn_widen_f16c(h, n, f);
+#endif
+        else for (int64_t i = 0; i < n; i++) f[i] = gn_half_to_float(h[i]);
+    }
+}
+
 /* ----------------------------------------------------------- 4. the drivers */
 
 static char *gn_row_ptr(const gn_rows *x, int64_t r)
@@ -669,70 +704,93 @@ static int64_t gn_chunk(int64_t n, int64_t bytes, int nt)
     return rows < 1 ? 1 : rows;
 }
 
-/* Threads: never more than rows, and one for batches too small to pay for a team. */
-static int gn_threads(int nthreads, int64_t n, int64_t d)
+/* Below this many bytes of rows a call runs on the calling thread, with no OpenMP team
+ * (starting one costs more than the work); benchmarks/norm_sweep.py --threshold measures it. */
+static int64_t gn_serial_bytes = GN_SERIAL_BYTES_DEFAULT;
+
+int64_t gn_serial_threshold(int64_t bytes)
+{
+    if (bytes >= 0) gn_serial_bytes = bytes;
+    return gn_serial_bytes;
+}
+
+/* Threads: never more than rows, and one for batches too small to pay for a team
+ * (n rows of `bytes` bytes read and written). */
+static int gn_threads(int nthreads, int64_t n, int64_t bytes)
 {
     if (nthreads < 1) nthreads = 1;
     if ((int64_t)nthreads > n) nthreads = (int)(n > 0 ? n : 1);
-    if (n * d < (1 << 15)) nthreads = 1;
+    if (n * bytes < gn_serial_bytes) nthreads = 1;
     return nthreads;
+}
+
+static int gn_decompose_rows(const gn_rows *x, double *out, int64_t qstride, int64_t r0, int64_t r1)
+{
+    const int64_t d = x->d;
+    const gn_kernels *k = gn_table(gn_simd_active());
+    const int direct = gn_rows_direct(x);
+    char *scratch = direct ? NULL : malloc((size_t)(d * 8));
+    if (!direct && !scratch) return -1;
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = gn_row_ptr(x, r);
+        if (!direct) {
+            gn_gather(x, row, scratch);
+            row = scratch;
+        }
+        gn_row_decompose(k, x->dtype, row, d, out + r, qstride);
+    }
+    free(scratch);
+    return 0;
 }
 
 int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
 {
-    const int64_t n = x->n0 * x->n1, d = x->d;
-    const gn_kernels *k = gn_table(gn_simd_active());
-    const int direct = gn_rows_direct(x);
+    const int64_t n = x->n0 * x->n1, d = x->d, bytes = d * gn_itemsize(x->dtype);
+    const int nt = gn_threads(nthreads, n, bytes);
+    if (nt == 1) return gn_decompose_rows(x, out, qstride, 0, n);
+    const int64_t chunk = gn_chunk(n, bytes, nt);
     int failed = 0;
-    const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(n, d * gn_itemsize(x->dtype), nt);
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
-    {
-        char *scratch = direct ? NULL : malloc((size_t)(d * 8));
-        failed = !direct && !scratch;
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t r = 0; r < n; r++) {
-            if (failed) continue;
-            const char *row = gn_row_ptr(x, r);
-            if (!direct) {
-                gn_gather(x, row, scratch);
-                row = scratch;
-            }
-            gn_row_decompose(k, x->dtype, row, d, out + r, qstride);
-        }
-        free(scratch);
-    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t c = 0; c < (n + chunk - 1) / chunk; c++)
+        failed |= gn_decompose_rows(x, out, qstride, c * chunk, c * chunk + chunk < n ? c * chunk + chunk : n);
     return failed ? -1 : 0;
+}
+
+static int gn_normalize_rows(int kind, const gn_rows *x, const gn_rows *out, const void *weight,
+                             const void *bias, double eps, int64_t r0, int64_t r1)
+{
+    const int64_t d = x->d;
+    const gn_kernels *k = gn_table(gn_simd_active());
+    const int xdirect = gn_rows_direct(x), odirect = gn_rows_direct(out);
+    char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
+    if (!(xdirect && odirect) && !scratch) return -1;
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = gn_row_ptr(x, r);
+        char *orow = gn_row_ptr(out, r);
+        if (!xdirect) {
+            gn_gather(x, row, scratch);
+            row = scratch;
+        }
+        char *dst = odirect ? orow : scratch + d * 8;
+        gn_row_normalize(k, kind, x->dtype, row, dst, d, weight, bias, eps);
+        if (!odirect) gn_scatter(out, dst, orow);
+    }
+    free(scratch);
+    return 0;
 }
 
 int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *weight, const void *bias,
                  double eps, int nthreads)
 {
-    const int64_t n = x->n0 * x->n1, d = x->d;
-    const gn_kernels *k = gn_table(gn_simd_active());
-    const int xdirect = gn_rows_direct(x), odirect = gn_rows_direct(out);
+    const int64_t n = x->n0 * x->n1, d = x->d, bytes = d * gn_itemsize(x->dtype);
+    const int nt = gn_threads(nthreads, n, 2 * bytes);
+    if (nt == 1) return gn_normalize_rows(kind, x, out, weight, bias, eps, 0, n);
+    const int64_t chunk = gn_chunk(n, bytes, nt);
     int failed = 0;
-    const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(n, d * gn_itemsize(x->dtype), nt);
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
-    {
-        char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
-        failed = !(xdirect && odirect) && !scratch;
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t r = 0; r < n; r++) {
-            if (failed) continue;
-            const char *row = gn_row_ptr(x, r);
-            char *orow = gn_row_ptr(out, r);
-            if (!xdirect) {
-                gn_gather(x, row, scratch);
-                row = scratch;
-            }
-            char *dst = odirect ? orow : scratch + d * 8;
-            gn_row_normalize(k, kind, x->dtype, row, dst, d, weight, bias, eps);
-            if (!odirect) gn_scatter(out, dst, orow);
-        }
-        free(scratch);
-    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t c = 0; c < (n + chunk - 1) / chunk; c++)
+        failed |= gn_normalize_rows(kind, x, out, weight, bias, eps, c * chunk,
+                                    c * chunk + chunk < n ? c * chunk + chunk : n);
     return failed ? -1 : 0;
 }
 
@@ -1002,143 +1060,167 @@ static void gn_angle_norm(const gn_row_stats *st, int64_t d, double *angle, doub
     *angle = *norm > 0.0 ? atan2(perp, coef) * (180.0 / M_PI) : NAN;
 }
 
-int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
+static int gn_rotation_rows(const gn_rows *x, const gn_rows *y, double *out, int64_t r0, int64_t r1)
 {
-    const int64_t n = x->n0 * x->n1, d = x->d;
+    const int64_t d = x->d;
     const int xdirect = gn_rows_direct(x), ydirect = gn_rows_direct(y);
     const gn_rowops *ops = gn_rowops_for(gn_simd_active());
     const gn_kernels *fast = gn_rotation_fast(x->dtype, y->dtype);
-    int failed = 0;
-    const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(n, d * (gn_itemsize(x->dtype) + gn_itemsize(y->dtype)), nt);
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
-    {
-        /* widened x and y rows, then gather buffers for strided ones */
-        double *scratch = malloc((size_t)(4 * d) * sizeof(double));
-        failed = !scratch;
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t r = 0; r < n; r++) {
-            if (failed) continue;
-            const char *xr = gn_row_ptr(x, r), *yr = gn_row_ptr(y, r);
-            if (!xdirect) {
-                gn_gather(x, xr, (char *)(scratch + 2 * d));
-                xr = (const char *)(scratch + 2 * d);
-            }
-            if (!ydirect) {
-                gn_gather(y, yr, (char *)(scratch + 3 * d));
-                yr = (const char *)(scratch + 3 * d);
-            }
-            out[r] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);
+    /* widened x and y rows, then gather buffers for strided ones */
+    double *scratch = malloc((size_t)(4 * d) * sizeof(double));
+    if (!scratch) return -1;
+    for (int64_t r = r0; r < r1; r++) {
+        const char *xr = gn_row_ptr(x, r), *yr = gn_row_ptr(y, r);
+        if (!xdirect) {
+            gn_gather(x, xr, (char *)(scratch + 2 * d));
+            xr = (const char *)(scratch + 2 * d);
         }
-        free(scratch);
+        if (!ydirect) {
+            gn_gather(y, yr, (char *)(scratch + 3 * d));
+            yr = (const char *)(scratch + 3 * d);
+        }
+        out[r] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);
     }
+    free(scratch);
+    return 0;
+}
+
+int gn_rotation(const gn_rows *x, const gn_rows *y, double *out, int nthreads)
+{
+    const int64_t n = x->n0 * x->n1, d = x->d, bytes = d * (gn_itemsize(x->dtype) + gn_itemsize(y->dtype));
+    const int nt = gn_threads(nthreads, n, bytes);
+    if (nt == 1) return gn_rotation_rows(x, y, out, 0, n);
+    const int64_t chunk = gn_chunk(n, bytes, nt);
+    int failed = 0;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t c = 0; c < (n + chunk - 1) / chunk; c++)
+        failed |= gn_rotation_rows(x, y, out, c * chunk, c * chunk + chunk < n ? c * chunk + chunk : n);
     return failed ? -1 : 0;
+}
+
+static int gn_gap_rows(const gn_rows *x, const gn_gap_layer *L, double *out, int64_t r0, int64_t r1)
+{
+    const int64_t d = x->d;
+    const int direct = gn_rows_direct(x);
+    const gn_kernels *k = gn_table(gn_simd_active());
+    const gn_rowops *ops = gn_rowops_for(gn_simd_active());
+    double *scratch = malloc((size_t)(2 * d) * sizeof(double)); /* widened row, gather buffer */
+    if (!scratch) return -1;
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = gn_row_ptr(x, r);
+        if (!direct) {
+            gn_gather(x, row, (char *)(scratch + d));
+            row = (const char *)(scratch + d);
+        }
+        out[r] = gn_row_gap(k, ops, L, x->dtype, row, d, scratch);
+    }
+    free(scratch);
+    return 0;
 }
 
 int gn_ln_rms_gap(const gn_rows *x, const double *weight, const double *bias, double eps, double *out,
                   int nthreads)
 {
-    const int64_t n = x->n0 * x->n1, d = x->d;
-    const int direct = gn_rows_direct(x);
-    const gn_kernels *k = gn_table(gn_simd_active());
-    const gn_rowops *ops = gn_rowops_for(gn_simd_active());
+    const int64_t n = x->n0 * x->n1, d = x->d, bytes = d * gn_itemsize(x->dtype);
     gn_gap_layer L;
     if (gn_gap_prepare(&L, weight, bias, eps, d)) return -1;
     int failed = 0;
-    const int nt = gn_threads(nthreads, n, d);
-    const int64_t chunk = gn_chunk(n, d * gn_itemsize(x->dtype), nt);
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
-    {
-        double *scratch = malloc((size_t)(2 * d) * sizeof(double)); /* widened row, gather buffer */
-        failed = !scratch;
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t r = 0; r < n; r++) {
-            if (failed) continue;
-            const char *row = gn_row_ptr(x, r);
-            if (!direct) {
-                gn_gather(x, row, (char *)(scratch + d));
-                row = (const char *)(scratch + d);
-            }
-            out[r] = gn_row_gap(k, ops, &L, x->dtype, row, d, scratch);
-        }
-        free(scratch);
+    const int nt = gn_threads(nthreads, n, bytes);
+    if (nt == 1) {
+        failed = gn_gap_rows(x, &L, out, 0, n);
+    } else {
+        const int64_t chunk = gn_chunk(n, bytes, nt);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
+        for (int64_t c = 0; c < (n + chunk - 1) / chunk; c++)
+            failed |= gn_gap_rows(x, &L, out, c * chunk, c * chunk + chunk < n ? c * chunk + chunk : n);
     }
     gn_gap_release(&L);
     return failed ? -1 : 0;
 }
 
-int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias, double eps,
-                   double *out, int64_t qstride, int nthreads)
+static int gn_site_rows(const gn_rows *x, const gn_rows *y, const gn_gap_layer *Lp, double *out,
+                        int64_t qstride, int64_t r0, int64_t r1)
 {
     const int64_t n = x->n0 * x->n1, d = x->d;
     const int xdirect = gn_rows_direct(x), ydirect = !y || gn_rows_direct(y);
     const gn_kernels *k = gn_table(gn_simd_active());
     const gn_rowops *ops = gn_rowops_for(gn_simd_active());
     const gn_kernels *fast = y ? gn_rotation_fast(x->dtype, y->dtype) : NULL;
+    gn_gap_layer L = *Lp;
+    /* widened x and y rows, then gather buffers for strided ones */
+    double *scratch = malloc((size_t)(4 * d) * sizeof(double));
+    if (!scratch) return -1;
+    for (int64_t r = r0; r < r1; r++) {
+        double *o = out + r, dec[GN_NQUANT];
+        const char *xr = gn_row_ptr(x, r), *yr = y ? gn_row_ptr(y, r) : NULL;
+        if (!xdirect) {
+            gn_gather(x, xr, (char *)(scratch + 2 * d));
+            xr = (const char *)(scratch + 2 * d);
+        }
+        if (y && !ydirect) {
+            gn_gather(y, yr, (char *)(scratch + 3 * d));
+            yr = (const char *)(scratch + 3 * d);
+        }
+        /* 16/32-bit rows: one pass over each row from memory (float32 lanes with
+         * float64 carries on the SIMD paths), then the rotation's pass from cache */
+        gn_row_stats sx, sy;
+        int fx, fy = 0;
+        o[GN_LN_RMS_GAP * qstride] = gn_row_gap_stats(k, ops, &L, x->dtype, xr, d, scratch, &sx, &fx);
+        if (y && y->dtype != GN_F64)
+            fy = gn_row_stats32(k, NULL, y->dtype, yr, d, &sy) ? 1 : gn_row_stats64(k, ops, NULL, y->dtype, yr, d, &sy) ? 2 : 0;
+        if (fx) {
+            gn_angle_norm(&sx, d, &o[GN_ANGLE_HIDDEN * qstride], &o[GN_NORM_HIDDEN * qstride]);
+            o[GN_MAX_ABS_HIDDEN * qstride] = sx.amax;
+        } else {
+            gn_row_decompose(k, x->dtype, xr, d, dec, 1);
+            o[GN_ANGLE_HIDDEN * qstride] = dec[GN_ANGLE];
+            o[GN_NORM_HIDDEN * qstride] = dec[GN_NORM];
+            o[GN_MAX_ABS_HIDDEN * qstride] = dec[GN_MAX_ABS];
+        }
+        if (!y) continue;
+        if (fy) {
+            gn_angle_norm(&sy, d, &o[GN_ANGLE_POST * qstride], &o[GN_NORM_POST * qstride]);
+        } else {
+            gn_row_decompose(k, y->dtype, yr, d, dec, 1);
+            o[GN_ANGLE_POST * qstride] = dec[GN_ANGLE];
+            o[GN_NORM_POST * qstride] = dec[GN_NORM];
+        }
+        /* the rotation from the two norms just found, when they are safely in range */
+        const double nx = o[GN_NORM_HIDDEN * qstride], ny = o[GN_NORM_POST * qstride];
+        /* (the two norms from passes of one kind, so that identical rows get identical
+         * scales and rotate by exactly 0) */
+        if (fast && fx && fx == fy && nx >= 0x1p-50 && ny >= 0x1p-50 && nx <= 0x1p50 && ny <= 0x1p50) {
+            double qm, qp;
+            /* the next pair of this chunk, for the pass to prefetch (the hardware prefetchers
+             * see no misses while the pass runs from cache, and fall behind) */
+            const int pre = xdirect && ydirect && r + 1 < r1 && r + 1 < n;
+            const char *nextx = pre ? gn_row_ptr(x, r + 1) : NULL, *nexty = pre ? gn_row_ptr(y, r + 1) : NULL;
+            fast->kahan(xr, yr, d, nx / ny, nextx, nexty, &qm, &qp);
+            o[GN_ROTATION * qstride] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
+        } else {
+            o[GN_ROTATION * qstride] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);
+        }
+    }
+    free(scratch);
+    return 0;
+}
+
+int gn_site_values(const gn_rows *x, const gn_rows *y, const double *weight, const double *bias, double eps,
+                   double *out, int64_t qstride, int nthreads)
+{
+    const int64_t n = x->n0 * x->n1, d = x->d;
+    const int64_t bytes = d * (gn_itemsize(x->dtype) + (y ? gn_itemsize(y->dtype) : 0));
     gn_gap_layer L;
     if (gn_gap_prepare(&L, weight, bias, eps, d)) return -1;
     int failed = 0;
-    const int nt = gn_threads(nthreads, n, y ? 2 * d : d);
-    const int64_t chunk = gn_chunk(n, d * (gn_itemsize(x->dtype) + (y ? gn_itemsize(y->dtype) : 0)), nt);
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
-    {
-        /* widened x and y rows, then gather buffers for strided ones */
-        double *scratch = malloc((size_t)(4 * d) * sizeof(double));
-        failed = !scratch;
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t r = 0; r < n; r++) {
-            if (failed) continue;
-            double *o = out + r, dec[GN_NQUANT];
-            const char *xr = gn_row_ptr(x, r), *yr = y ? gn_row_ptr(y, r) : NULL;
-            if (!xdirect) {
-                gn_gather(x, xr, (char *)(scratch + 2 * d));
-                xr = (const char *)(scratch + 2 * d);
-            }
-            if (y && !ydirect) {
-                gn_gather(y, yr, (char *)(scratch + 3 * d));
-                yr = (const char *)(scratch + 3 * d);
-            }
-            /* 16/32-bit rows: one pass over each row from memory (float32 lanes with
-             * float64 carries on the SIMD paths), then the rotation's pass from cache */
-            gn_row_stats sx, sy;
-            int fx, fy = 0;
-            o[GN_LN_RMS_GAP * qstride] = gn_row_gap_stats(k, ops, &L, x->dtype, xr, d, scratch, &sx, &fx);
-            if (y && y->dtype != GN_F64)
-                fy = gn_row_stats32(k, NULL, y->dtype, yr, d, &sy) ? 1 : gn_row_stats64(k, ops, NULL, y->dtype, yr, d, &sy) ? 2 : 0;
-            if (fx) {
-                gn_angle_norm(&sx, d, &o[GN_ANGLE_HIDDEN * qstride], &o[GN_NORM_HIDDEN * qstride]);
-                o[GN_MAX_ABS_HIDDEN * qstride] = sx.amax;
-            } else {
-                gn_row_decompose(k, x->dtype, xr, d, dec, 1);
-                o[GN_ANGLE_HIDDEN * qstride] = dec[GN_ANGLE];
-                o[GN_NORM_HIDDEN * qstride] = dec[GN_NORM];
-                o[GN_MAX_ABS_HIDDEN * qstride] = dec[GN_MAX_ABS];
-            }
-            if (!y) continue;
-            if (fy) {
-                gn_angle_norm(&sy, d, &o[GN_ANGLE_POST * qstride], &o[GN_NORM_POST * qstride]);
-            } else {
-                gn_row_decompose(k, y->dtype, yr, d, dec, 1);
-                o[GN_ANGLE_POST * qstride] = dec[GN_ANGLE];
-                o[GN_NORM_POST * qstride] = dec[GN_NORM];
-            }
-            /* the rotation from the two norms just found, when they are safely in range */
-            const double nx = o[GN_NORM_HIDDEN * qstride], ny = o[GN_NORM_POST * qstride];
-            /* (the two norms from passes of one kind, so that identical rows get identical
-             * scales and rotate by exactly 0) */
-            if (fast && fx && fx == fy && nx >= 0x1p-50 && ny >= 0x1p-50 && nx <= 0x1p50 && ny <= 0x1p50) {
-                double qm, qp;
-                /* the next pair of this chunk, for the pass to prefetch (the hardware prefetchers
-                 * see no misses while the pass runs from cache, and fall behind) */
-                const int pre = xdirect && ydirect && (r + 1) % chunk != 0 && r + 1 < n;
-                const char *nextx = pre ? gn_row_ptr(x, r + 1) : NULL, *nexty = pre ? gn_row_ptr(y, r + 1) : NULL;
-                fast->kahan(xr, yr, d, nx / ny, nextx, nexty, &qm, &qp);
-                o[GN_ROTATION * qstride] = 2.0 * atan2(sqrt(qm), sqrt(qp)) * (180.0 / M_PI);
-            } else {
-                o[GN_ROTATION * qstride] = gn_row_rotation(ops, fast, x->dtype, xr, y->dtype, yr, d, scratch);
-            }
-        }
-        free(scratch);
+    const int nt = gn_threads(nthreads, n, bytes);
+    if (nt == 1) {
+        failed = gn_site_rows(x, y, &L, out, qstride, 0, n);
+    } else {
+        const int64_t chunk = gn_chunk(n, bytes, nt);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
+        for (int64_t c = 0; c < (n + chunk - 1) / chunk; c++)
+            failed |= gn_site_rows(x, y, &L, out, qstride, c * chunk, c * chunk + chunk < n ? c * chunk + chunk : n);
     }
     gn_gap_release(&L);
     return failed ? -1 : 0;

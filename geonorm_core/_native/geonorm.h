@@ -28,6 +28,16 @@ typedef struct {
  * out[q * qstride + r], so one output array can serve several calls. */
 enum { GN_MEAN = 0, GN_COEF, GN_NORM, GN_PERP_NORM, GN_COS, GN_ANGLE, GN_MAX_ABS, GN_NQUANT };
 
+/* Calls over fewer bytes of rows than this run on the calling thread (no OpenMP team). */
+#ifndef GN_SERIAL_BYTES_DEFAULT
+#define GN_SERIAL_BYTES_DEFAULT (512 << 10)
+#endif
+/* Sets the threshold when bytes >= 0; returns the one in force. */
+int64_t gn_serial_threshold(int64_t bytes);
+
+/* n values of any dtype as float (to_double 0) or double (1). */
+void gn_widen(int dtype, const void *src, int64_t n, int to_double, void *dst);
+
 int gn_simd_supported(int level); /* 1 when this CPU runs the path */
 int gn_simd_set(int level);       /* 0 on success, -1 when unsupported */
 int gn_simd_active(void);

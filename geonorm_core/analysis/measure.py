@@ -68,6 +68,10 @@ def token_values(hidden: Any, post: Any, *, gain: np.ndarray | None = None, bias
     uses :func:`~geonorm_core.get_num_threads` cores; callers that parallelize across blocks
     themselves (hooks between torch's ops, Dask tasks) pass 1.
     """
+    fast = _core.fast_site_values(hidden, post, gain, bias, eps, num_threads, out)
+    if fast is not None:
+        values, lead = fast
+        return {q: values[i].reshape(lead) for i, q in enumerate(quantity_names(post is not None))}
     h = _arrays.as_rows(hidden, "hidden")
     p = None if post is None else _arrays.as_rows(post, "post")
     if p is not None and p.shape != h.shape:
