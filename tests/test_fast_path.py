@@ -133,3 +133,11 @@ def test_a_gain_that_aliases_out_is_read_before_it_is_written():
     buf = w.reshape(1, 8)  # out= is the gain's own memory
     gn.layer_norm(x, w, out=buf)
     same_bits(buf, want)
+
+
+def test_a_huge_thread_count_is_clamped_not_overflowed():
+    """Thread counts past what the fast path takes go to the general path, which clamps them."""
+    x = np.ones((3, 8), np.float32)
+    with pytest.warns(RuntimeWarning, match="clamped"):
+        y = gn.layer_norm(x, num_threads=99999999999)
+    np.testing.assert_array_equal(y, gn.layer_norm(x, num_threads=1))

@@ -385,7 +385,9 @@ cdef int _threads(object num_threads) except -2:
                 return -1
             _default_threads = _get_threads()
         return _default_threads
-    if type(num_threads) is int and num_threads >= 1:
+    # Up to 8 threads (runtime.max_threads()'s least value) nothing is ever clamped; more go to the
+    # general path, which clamps them with a warning (and a C int never overflows here).
+    if type(num_threads) is int and 1 <= num_threads <= 8:
         return num_threads
     return -1
 
