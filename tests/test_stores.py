@@ -19,9 +19,9 @@ import pytest
 
 import geonorm_core as gn
 from geonorm_core import cli
-from geonorm_core.dumps.columns import ConcatShard
 from geonorm_core.dumps.shards import DumpError, FileShard
 from geonorm_core.dumps.stores import UnknownSiteError
+from geonorm_core.dumps.stores.columns import ConcatShard
 from geonorm_core.sources.hook_names import place_hook
 
 datasets = pytest.importorskip("datasets")  # requirements-test.txt installs all four: CI skips none

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..formats import _READABLE
+from ..shards import DumpError, FileShard, Shard
 from .columns import Column, ConcatShard, natural_key, need, release_freed_blocks
-from .formats import _READABLE
-from .shards import DumpError, FileShard, Shard
 
 __all__ = ["Hdf5Shard", "hdf5_columns"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..shards import DumpError, FileShard, Shard
 from .columns import Column, ConcatShard, need
-from .shards import DumpError, FileShard, Shard
 
 __all__ = ["arrow_columns", "arrow_files"]
 

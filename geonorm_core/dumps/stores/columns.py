@@ -1,6 +1,6 @@
 """What every store reader hands :mod:`.stores`: named columns, a shard of several parts, the extra.
 
-A reader (:mod:`.arrow_store`, :mod:`.hdf5_store`, :mod:`.zarr_store`) lists a store's arrays as
+A reader (:mod:`.arrow`, :mod:`.hdf5`, :mod:`.zarr`) lists a store's arrays as
 :class:`Column` objects: a float array of vectors becomes a :class:`ConcatShard` of the store's own
 pieces (record batches, files, one HDF5 or zarr array), anything else is left out with the reason.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .shards import DumpError, Shard
+from ..shards import DumpError, Shard
 
 __all__ = ["STORE_EXTRA", "Column", "ConcatShard", "natural_key", "need", "release_freed_blocks"]
 

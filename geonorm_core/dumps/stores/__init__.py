@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..sources.hook_names import HOOK_PAIRS, place_hook
+from ...sources.hook_names import HOOK_PAIRS, place_hook
+from ..shards import DEFAULT_EPS, ActivationSite, DumpError
 from .columns import Column
-from .shards import DEFAULT_EPS, ActivationSite, DumpError
 
 __all__ = ["UnknownSiteError", "attach_model", "open_store", "place_sites", "select_sites", "store_kind"]
 
@@ -61,21 +61,21 @@ def store_kind(path: Path) -> str | None:
         return "zarr"
     if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
         return "arrow"
-    from .arrow_store import arrow_files
+    from .arrow import arrow_files
 
     return "arrow" if arrow_files(path, strict=False) else None
 
 
 def _reader(kind: str) -> Callable[[Path], tuple[list[Column], dict]]:
     if kind == "arrow":
-        from .arrow_store import arrow_columns
+        from .arrow import arrow_columns
 
         return arrow_columns
     if kind == "hdf5":
-        from .hdf5_store import hdf5_columns
+        from .hdf5 import hdf5_columns
 
         return hdf5_columns
-    from .zarr_store import zarr_columns
+    from .zarr import zarr_columns
 
     return zarr_columns
 
@@ -237,11 +237,11 @@ def attach_model(sites: list[ActivationSite], model: Any) -> list[ActivationSite
     ValueError
         When a matched norm's d differs from the site's rows, or no site matches a norm.
     """
-    from ..sources.sites import find_norm_sites
+    from ...sources.sites import find_norm_sites
 
     label = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, (str, os.PathLike)):
-        from ..models import load_model
+        from ...models import load_model
 
         model, _ = load_model(str(model))
     norms = [n for n in find_norm_sites(model) if n.stack is None]

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..formats import _READABLE
+from ..shards import DumpError, Shard
 from .columns import Column, ConcatShard, natural_key, need, release_freed_blocks
-from .formats import _READABLE
-from .shards import DumpError, Shard
 
 __all__ = ["ZarrShard", "zarr_columns"]
 
