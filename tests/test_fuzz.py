@@ -6,12 +6,11 @@ import json
 import os
 import random
 import shutil
-import signal
 import struct
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from deadline import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -123,20 +122,6 @@ VALUES = ["x", "", "F32", "LN5", -1, 0, 1, 7, 2 ** 63, -2 ** 70, 1.5, -0.0, 1e30
 RAW = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "[" * 200 + "]" * 200, "1" * 5000, '"\\ud800"']
 
 
-@contextmanager
-def no_hang(seconds=30):
-    def expired(*_):
-        raise TimeoutError(f"a case ran past {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def leaves(obj, path=()):
     """Every (path, value) of a JSON document, containers included."""
     yield path, obj
@@ -179,7 +164,7 @@ def numbers(report):
 
 def check(target, path, run, same):
     """Run one case: a DumpError naming a file under ``path``, or a report ``same`` accepts."""
-    with no_hang():
+    with deadline():
         try:
             report = run()
         except DumpError as err:

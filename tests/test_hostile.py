@@ -6,18 +6,17 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tracemalloc
 import warnings
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from deadline import deadline
 
 torch = pytest.importorskip("torch")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,21 +82,6 @@ def edit_manifest(root, change, reseal=True):
     if reseal:  # as if geonorm had written it: what the schema alone must catch
         man["manifest_sha256"] = manifest_digest(man)
     (root / "manifest.json").write_text(json.dumps(man))
-
-
-@contextmanager
-def deadline(seconds=20):
-    """Fail instead of hanging (the FIFO reproducers hung forever before)."""
-    def expired(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def run_cli(argv, capsys):
