@@ -29,6 +29,8 @@ from geonorm_core.analysis.merging import (
 )
 from geonorm_core.analysis.report import Report
 
+pytestmark = pytest.mark.slow   # spawns gloo process groups and torchrun: the full tier only
+
 HERE = Path(__file__).resolve().parent
 RUN = ["--max-tokens", "3000", "--seq-len", "64", "--batch-size", "4", "--checkpoint-every", "300"]
 TORCHRUN = shutil.which("torchrun")

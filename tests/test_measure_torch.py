@@ -15,6 +15,8 @@ from geonorm_core import slow  # noqa: E402
 from geonorm_core.analysis.measure import QUANTITY_ORDER, quantity_names, token_values  # noqa: E402
 from geonorm_core.analysis.measure_torch import token_values_torch  # noqa: E402
 
+pytestmark = pytest.mark.slow   # the torch backend's contract over every dtype and SIMD path: the full tier only
+
 ANGLE_ATOL, REL, GAP_ATOL = 1e-4, 1e-6, 1e-6
 
 

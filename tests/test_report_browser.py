@@ -28,6 +28,8 @@ from geonorm_core import analyze
 from geonorm_core.analysis.compare import compare
 from geonorm_core.analysis.paper import PAPER_ROWS
 
+pytestmark = pytest.mark.slow   # starts a headless Chromium: the full tier only
+
 CHROMIUM = os.environ.get("GEONORM_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("GEONORM_CHROMEDRIVER", "/usr/bin/chromedriver")
 
