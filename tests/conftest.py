@@ -50,6 +50,8 @@ def rng(request):
 # -- the real models: one home, each loaded once per session ------------------------------------
 #: Fixtures that load a real model; a test using one is marked ``slow`` (see pytest_collection_modifyitems).
 REAL_MODELS = ("smollm2", "gemma3", "minilm", "whisper_base")
+#: ... and the fixtures that read a real model's files (test_corpus's SmolLM2 tokenizer).
+SLOW_FIXTURES = (*REAL_MODELS, "smol_tok")
 
 
 def _load_or_skip(name: str):
@@ -94,9 +96,9 @@ def whisper_base():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that load a real model are ``slow``: ``pytest -m "not slow"`` is the fast tier."""
+    """Tests that load a real model or its files are ``slow``: ``pytest -m "not slow"`` is the fast tier."""
     for item in items:
-        if any(name in REAL_MODELS for name in getattr(item, "fixturenames", ())):
+        if any(name in SLOW_FIXTURES for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

@@ -199,6 +199,7 @@ def test_cuda_hooks_never_synchronize():
     assert all(s.tokens == int(bl[0]["attention_mask"].sum()) for s in report.sites.values())
 
 
+@pytest.mark.slow   # runs the benchmark script end to end
 def test_cuda_benchmark_runs_at_a_tiny_scale_on_cpu():
     """benchmarks/adapter_cuda.py cannot run here at full size; --tiny keeps it from rotting."""
     import json

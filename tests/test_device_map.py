@@ -16,6 +16,8 @@ pytest.importorskip("accelerate")
 import geonorm_core as gn
 from geonorm_core import cli
 
+pytestmark = pytest.mark.slow   # accelerate offloads layers to disk: the full tier only
+
 MAX_MEMORY = {"cpu": "4MB"}  # the embeddings and layer 0 stay in memory, the rest goes to disk
 
 

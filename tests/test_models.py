@@ -120,6 +120,7 @@ def test_gemma3_logits_finite_and_sensible(gemma3):
     assert " Paris" in top5, top5                                   # base model: " the", " a", " Paris"
 
 
+@pytest.mark.slow   # joins and hashes Gemma-3's 238 MB
 def test_gemma3_assembles_once_into_the_cache(tmp_path, monkeypatch):
     if not _installed("gemma3"):
         pytest.skip(f"gemma3 is not installed: {MODELS['gemma3'].pip_command}")

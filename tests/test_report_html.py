@@ -26,6 +26,8 @@ from geonorm_core.analysis.figures import depth_series
 from geonorm_core.analysis.paper import PAPER_ROWS, summary
 from geonorm_core.cli import main
 
+pytestmark = pytest.mark.slow   # renders every page with matplotlib: the full tier only
+
 
 def batches(n=2, b=3, t=12, seed=0):
     g = torch.Generator().manual_seed(seed)
