@@ -1,5 +1,5 @@
 /* geonorm accumulators: what one block of values adds to a quantity's moments
- * and histogram (geonorm_core/accumulate.py's Moments, Histogram, Quantity).
+ * and histogram (geonorm_core/analysis/accumulate.py's Moments, Histogram, Quantity).
  *
  * Single-threaded and allocation-free; blocks are small (one value per token of
  * a batch).  The Python side keeps the running state and merges each block's
