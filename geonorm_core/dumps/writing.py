@@ -329,8 +329,10 @@ def _rows_to(writer: DumpWriter, dtype: np.dtype | None) -> Callable:
     """An :class:`Analyzer` row sink that hands each site's kept rows to ``writer`` as private
     contiguous copies (torch reuses its buffers) in the store dtype."""
     def store(a: np.ndarray) -> np.ndarray:
-        a = a.astype(dtype) if dtype is not None and a.dtype != dtype else np.array(a)
-        return np.ascontiguousarray(a)
+        if dtype is not None and a.dtype != dtype:
+            return np.ascontiguousarray(a.astype(dtype))
+        # kept rows picked out of padding are already a private copy; a view of a hook's buffer is not
+        return a if a.flags.owndata and a.flags.c_contiguous else np.array(a, order="C")
 
     def sink(site, hidden: np.ndarray, post: np.ndarray) -> None:
         writer.add(site.name, store(hidden), store(post))
