@@ -203,6 +203,36 @@ static double gn_rstd_scaled(double sigma, double eps, int ex, int *out_ex)
     return 1.0 / hypot(sigma, ldexp(root, -ex));
 }
 
+/* LayerNorm's two numbers for one row in the common case: mu and 1 / sqrt(sigma^2 + eps), from
+ * gn_row_moments's shifted deviation pass without what only decompose needs (the two norms and
+ * their square roots) and with the divisions by d as products with 1/d (a relative change of
+ * 2^-53 in float64 statistics of a float32 output).  At small d these scalar steps, not the row's
+ * vector work, set the speed.  Returns 0 for the rows gn_row_moments must take: a shift the pass
+ * says was poor, squares that underflow, a non-finite row. */
+static int gn_row_ln_fast(const gn_kernels *k, int dtype, const void *row, int64_t d, double inv_d, double eps,
+                          double *mu, double *var)
+{
+    const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100;
+    double c = 0.0, q, e, amax;
+    k[dtype].dev(row, d, c, &q, &e, &amax);
+    double ee = e * e * inv_d, perp2 = q - ee;
+    if (!(ee <= perp2 * 0.0625)) { /* a mean of more than sigma / 4: again around it, from cache */
+        c = e * inv_d;
+        if (dtype != GN_F64) c = (float)c;
+        if (!isfinite(c)) return 0;
+        k[dtype].dev(row, d, c, &q, &e, &amax);
+        ee = e * e * inv_d;
+        perp2 = q - ee;
+        if (!(ee <= perp2 * 0.0625)) return 0;
+    }
+    if (!(q >= tiny)) return 0;
+    const double m = c + e * inv_d;
+    if (!isfinite((double)d * m * m + perp2)) return 0;
+    *mu = m;
+    *var = perp2 * inv_d + eps;
+    return 1;
+}
+
 /* One row of remove_uniform (y = x - mu 1), layer_norm or rms_norm.  The SIMD
  * kernels take rows whose statistics needed no rescaling; the others (values
  * near the ends of the float64 range) take the exact float64 twin. */
@@ -211,16 +241,25 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
 {
     double mu = 0.0, s = 1.0;
     int ex, out_ex = 0;
+    if (kind == GN_LAYER_NORM && gn_row_ln_fast(k, dtype, row, d, 1.0 / (double)d, eps, &mu, &s)) {
+        k[dtype].affine(row, orow, d, mu, 1.0 / sqrt(s), w, b);
+        return;
+    }
+    /* Rows that needed no rescaling (ex == 0: their squares are finite normal doubles) take
+     * 1 / sqrt(sigma^2 + eps) directly; hypot, ldexp and sqrt(eps) are libm calls that cost more
+     * than the whole row at small d. */
     if (kind == GN_RMS_NORM) {
         double rms = gn_row_rms(k, dtype, row, d, &ex);
-        s = gn_rstd_scaled(rms, eps, ex, &out_ex); /* b: the RMSNorm + beta of a converted LayerNorm (G9) */
+        /* b: the RMSNorm + beta of a converted LayerNorm (G9) */
+        s = ex == 0 ? 1.0 / sqrt(rms * rms + eps) : gn_rstd_scaled(rms, eps, ex, &out_ex);
     } else {
         gn_moments m;
         gn_row_moments(k, dtype, row, d, &m);
         mu = m.mean;
         ex = m.ex;
         if (kind == GN_LAYER_NORM) {
-            s = gn_rstd_scaled(m.perp / sqrt((double)d), eps, ex, &out_ex);
+            s = ex == 0 ? 1.0 / sqrt(m.perp * m.perp / (double)d + eps)
+                        : gn_rstd_scaled(m.perp / sqrt((double)d), eps, ex, &out_ex);
         } else {
             out_ex = ex; /* P x = 2^ex (x' - mu') */
             w = b = NULL;
