@@ -15,6 +15,8 @@ from typing import Any, Iterator
 import ml_dtypes
 import numpy as np
 
+from ._native import _core
+
 #: Element types the core reads, with the codes of geonorm.h's gn_dtype.
 DTYPE_CODES = {
     np.dtype(np.float64): 0,
@@ -135,7 +137,9 @@ def empty_like(x: Any, arr: np.ndarray) -> tuple[Any, np.ndarray]:
         import torch
 
         out = torch.empty(tuple(arr.shape), dtype=x.dtype)
-        return out, _torch_to_numpy(out, "out")
+        view = _torch_to_numpy(out, "out")
+        _core.advise_huge(view.ctypes.data, view.nbytes)  # as NumPy does for its own large arrays
+        return out, view
     out = np.empty(arr.shape, dtype=arr.dtype)
     return out, out
 
