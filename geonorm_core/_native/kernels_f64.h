@@ -57,19 +57,24 @@ GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
     return s;
 }
 
+/* stream: non-temporal stores, as in kernels_narrow.h's affine */
 GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double mu, double scale,
-                                    const void *wv, const void *bv)
+                                    const void *wv, const void *bv, int stream)
 {
     const double *x = (const double *)xv, *w = (const double *)wv, *b = (const double *)bv;
     double *o = (double *)ov;
     const VD vmu = VD_SET1(mu), vs = VD_SET1(scale);
     int64_t i = 0;
-    for (; i + WD <= d; i += WD) {
-        VD t = VD_MUL(VD_SUB(VD_LOADU(x + i), vmu), vs);
-        if (w) t = VD_MUL(t, VD_LOADU(w + i));
-        if (b) t = VD_ADD(t, VD_LOADU(b + i));
-        VD_STOREU(o + i, t);
+#define GN_AFFINE_LOOP(STORE)                                \
+    for (; i + WD <= d; i += WD) {                           \
+        VD t = VD_MUL(VD_SUB(VD_LOADU(x + i), vmu), vs);     \
+        if (w) t = VD_MUL(t, VD_LOADU(w + i));               \
+        if (b) t = VD_ADD(t, VD_LOADU(b + i));               \
+        STORE(o + i, t);                                     \
     }
+    if (stream && (uintptr_t)o % (WD * sizeof(double)) == 0) GN_AFFINE_LOOP(VD_STREAM)
+    GN_AFFINE_LOOP(VD_STOREU)
+#undef GN_AFFINE_LOOP
     for (; i < d; i++) {
         double t = (x[i] - mu) * scale;
         if (w) t *= w[i];

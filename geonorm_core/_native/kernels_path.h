@@ -6,6 +6,7 @@
 #define GN_RAW16 0
 #define GN_LOAD LOAD_F32
 #define GN_STORE STORE_F32
+#define GN_STREAM STREAM_F32
 #define GN_TO_FLOAT(v) (v)
 #define GN_FROM_FLOAT(v) (v)
 #include "kernels_narrow.h"
@@ -13,6 +14,7 @@
 #undef GN_CT
 #undef GN_LOAD
 #undef GN_STORE
+#undef GN_STREAM
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
 #undef GN_RAW16
@@ -24,6 +26,7 @@
 #define GN_PAIR PAIR_F16
 #define GN_LOAD LOAD_F16
 #define GN_STORE STORE_F16
+#define GN_STREAM STREAM_F16
 #define GN_TO_FLOAT(v) gn_half_to_float(v)
 #define GN_FROM_FLOAT(v) gn_float_to_half(v)
 #include "kernels_narrow.h"
@@ -31,6 +34,7 @@
 #undef GN_CT
 #undef GN_LOAD
 #undef GN_STORE
+#undef GN_STREAM
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
 #undef GN_RAW16
@@ -42,6 +46,7 @@
 #define GN_PAIR PAIR_BF16
 #define GN_LOAD LOAD_BF16
 #define GN_STORE STORE_BF16
+#define GN_STREAM STREAM_BF16
 #define GN_TO_FLOAT(v) gn_bf16_to_float(v)
 #define GN_FROM_FLOAT(v) gn_float_to_bf16(v)
 #include "kernels_narrow.h"
@@ -49,6 +54,7 @@
 #undef GN_CT
 #undef GN_LOAD
 #undef GN_STORE
+#undef GN_STREAM
 #undef GN_TO_FLOAT
 #undef GN_FROM_FLOAT
 #undef GN_RAW16
@@ -93,6 +99,10 @@
 #undef STORE_F32
 #undef STORE_F16
 #undef STORE_BF16
+#undef STREAM_F32
+#undef STREAM_F16
+#undef STREAM_BF16
+#undef VD_STREAM
 #undef VI
 #undef VI_ZERO
 #undef VI_LOADU

@@ -38,8 +38,9 @@ static double GN_FN(sumsq)(const void *xv, int64_t d)
 }
 
 static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double mu, double scale,
-                          const void *wv, const void *bv)
+                          const void *wv, const void *bv, int stream)
 {
+    (void)stream; /* plain stores on the baseline path */
     const GN_CT *x = (const GN_CT *)xv;
     GN_CT *o = (GN_CT *)ov;
     for (int64_t i = 0; i < d; i++) {

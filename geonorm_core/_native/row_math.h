@@ -235,14 +235,15 @@ static int gn_row_ln_fast(const gn_kernels *k, int dtype, const void *row, int64
 
 /* One row of remove_uniform (y = x - mu 1), layer_norm or rms_norm.  The SIMD
  * kernels take rows whose statistics needed no rescaling; the others (values
- * near the ends of the float64 range) take the exact float64 twin. */
+ * near the ends of the float64 range) take the exact float64 twin.  stream: the
+ * affine kernels' non-temporal stores (gn_normalize decides). */
 static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const void *row, void *orow, int64_t d,
-                             const void *w, const void *b, double eps)
+                             const void *w, const void *b, double eps, int stream)
 {
     double mu = 0.0, s = 1.0;
     int ex, out_ex = 0;
     if (kind == GN_LAYER_NORM && gn_row_ln_fast(k, dtype, row, d, 1.0 / (double)d, eps, &mu, &s)) {
-        k[dtype].affine(row, orow, d, mu, 1.0 / sqrt(s), w, b);
+        k[dtype].affine(row, orow, d, mu, 1.0 / sqrt(s), w, b, stream);
         return;
     }
     /* Rows that needed no rescaling (ex == 0: their squares are finite normal doubles) take
@@ -266,7 +267,7 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
         }
     }
     if (ex == 0 && out_ex == 0)
-        k[dtype].affine(row, orow, d, mu, s, w, b);
+        k[dtype].affine(row, orow, d, mu, s, w, b, stream);
     else
         gn_row_affine_exact(dtype, row, orow, d, ex, mu, s, out_ex, w, b);
 }
