@@ -80,7 +80,8 @@ def kernel_info() -> dict:
     Returns
     -------
     dict
-        ``simd``: the active path (``"scalar"``, ``"avx2"`` or ``"avx512"``);
+        ``simd``: the active path (``"scalar"``, ``"avx2"``, ``"avx512"`` or ``"avx512_bf16"``: AVX-512
+        with bf16 outputs rounded by VCVTNEPS2BF16);
         ``available``: every path this CPU runs; ``forced``: the value of
         ``GEONORM_SIMD`` if set; ``openmp``: built with OpenMP; ``num_threads``.
     """

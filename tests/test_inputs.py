@@ -269,7 +269,7 @@ def test_set_num_threads_roundtrip():
 def test_kernel_info():
     info = gn.kernel_info()
     assert "scalar" in info["available"]
-    assert set(info["available"]) <= {"scalar", "avx2", "avx512"}
+    assert set(info["available"]) <= {"scalar", "avx2", "avx512", "avx512_bf16"}
     assert info["simd"] in info["available"]
 
 
@@ -277,7 +277,7 @@ def test_set_simd_rejects_unknown_and_unsupported_paths():
     before = gn.kernel_info()["simd"]
     with pytest.raises(ValueError):
         _core.set_simd("sse9")
-    for path in {"scalar", "avx2", "avx512"} - set(gn.kernel_info()["available"]):
+    for path in {"scalar", "avx2", "avx512", "avx512_bf16"} - set(gn.kernel_info()["available"]):
         with pytest.raises(ValueError):
             _core.set_simd(path)
     assert gn.kernel_info()["simd"] == before

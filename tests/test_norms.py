@@ -273,3 +273,41 @@ def test_ln_rms_gap_is_zero_exactly_for_rows_orthogonal_to_one():
     assert np.abs(gn.ln_rms_gap(x, w, eps=1e-5)).max() < 1e-14
     shifted = gn.ln_rms_gap(x + 0.5, w, eps=1e-5)
     assert (shifted > 0.1).all()
+
+
+# ------------------------------------------------------------- bf16 rounding
+
+
+def _bf16_round_reference(f32: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits, round to nearest even, NaN kept quiet (what every path must give)."""
+    u = f32.view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    quiet = (u >> 16) | 0x40
+    return np.where(np.isnan(f32), quiet, rounded).astype(np.uint16)
+
+
+@pytest.mark.parametrize("rows", (1, 1024))  # 1024 x 4096 bf16 = 8 MiB: written with streaming stores
+def test_bf16_outputs_are_rounded_to_nearest_even_on_every_path(simd, rows):
+    """rms_norm of constant rows +-2^k with a float32 gain w and eps = 0 is exactly +-w in float32, so
+    its bf16 output is w's rounding: ties, subnormals (which VCVTNEPS2BF16 alone would flush to zero),
+    the largest values (which round to Inf), Inf and NaN, on every path, streamed or not."""
+    import ml_dtypes
+
+    d = 4096
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2**32, d, dtype=np.uint64).astype(np.uint32)
+    bits[:64] = (bits[:64] & 0xFFFF0000) | 0x8000  # exact ties
+    bits[64:128] = bits[64:128] & 0x807FFFFF  # subnormals (and zeros)
+    bits[128:132] = (0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0x7FC00001)  # max float, -max, Inf, NaN
+    w = bits.view(np.float32)
+    k = rng.integers(-20, 20, rows)
+    signs = np.where(rng.random(rows) < 0.5, -1.0, 1.0)
+    x = np.repeat((signs * np.exp2(k))[:, None], d, axis=1).astype(ml_dtypes.bfloat16)
+    got = gn.rms_norm(x, w, eps=0.0).view(np.uint16)
+    with np.errstate(invalid="ignore"):  # signaling NaNs among the random bits
+        exact = (signs[:, None] * w[None, :]).astype(np.float32)
+    want = _bf16_round_reference(exact)
+    assert np.array_equal(got, want), f"{np.count_nonzero(got != want)} outputs differ on {simd}"
+    # the data tells a rounding that flushes float32 subnormals (VCVTNEPS2BF16's) from the right one
+    flushed = np.where(np.abs(exact) < np.finfo(np.float32).tiny, np.copysign(0.0, exact), exact)
+    assert not np.array_equal(_bf16_round_reference(flushed.astype(np.float32)), want)

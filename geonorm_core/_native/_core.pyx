@@ -75,7 +75,7 @@ cdef extern from *:
     """
     void gn_advise_huge(void *p, int64_t nbytes) nogil
 
-SIMD_PATHS = ("scalar", "avx2", "avx512")
+SIMD_PATHS = ("scalar", "avx2", "avx512", "avx512_bf16")
 REMOVE_UNIFORM, LAYER_NORM, RMS_NORM = 0, 1, 2
 
 

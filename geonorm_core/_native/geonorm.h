@@ -11,7 +11,8 @@
 #include <stdint.h>
 
 enum gn_dtype { GN_F64 = 0, GN_F32 = 1, GN_F16 = 2, GN_BF16 = 3, GN_NDTYPES = 4 };
-enum gn_simd { GN_SCALAR = 0, GN_AVX2 = 1, GN_AVX512 = 2, GN_NSIMD = 3 };
+/* GN_AVX512_BF16: the AVX-512 path with its bf16 outputs rounded by VCVTNEPS2BF16 */
+enum gn_simd { GN_SCALAR = 0, GN_AVX2 = 1, GN_AVX512 = 2, GN_AVX512_BF16 = 3, GN_NSIMD = 4 };
 enum gn_norm { GN_REMOVE_UNIFORM = 0, GN_LAYER_NORM = 1, GN_RMS_NORM = 2 };
 
 /* n0 * n1 rows of d elements; row (i, j) starts at data + i*s0 + j*s1 and its
