@@ -24,7 +24,7 @@ core = Extension(
     sources=[f"{native}/_core.pyx", f"{native}/geonorm.c", f"{native}/stats.c"],
     depends=[f"{native}/{h}" for h in
              ("geonorm.h", "dtypes.h", "row_math.h", "site_math.h", "kernels_scalar.h", "kernels_narrow.h",
-              "kernels_f64.h", "kernels_path.h", "kernels_rows.h", "stats.h")],
+              "kernels_f64.h", "kernels_path.h", "kernels_rows.h", "kernels_affine.h", "stats.h")],
     include_dirs=[native, numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=compile_args,

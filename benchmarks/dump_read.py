@@ -3,6 +3,7 @@
     python benchmarks/dump_read.py throughput [--gb 1] [--d 576] [--dtype float32]
     python benchmarks/dump_read.py memory [--gb 1 8]
     python benchmarks/dump_read.py all [--json out.json]
+    python benchmarks/dump_read.py throughput --model smollm2 [--tokens 4096] [--dtype bfloat16]
 
 Throughput: a synthetic geonorm dump (8 norm sites, ``--d``, ``--dtype``; shards of the rows
 ``gn.dump`` writes by default for SmolLM2-135M's 61 sites, ``default_shard_rows``, or
@@ -17,6 +18,9 @@ process and alternating, by
   analyze_dump(verify="rehash") (every shard hashed again) and analyze_dump(verify="size");
 * compute: analyze_dump's work on rows already in memory (token_values + accumulators, same
   blocks and threads), the ceiling the kernels set whatever the storage.
+
+``--model``: the dump is the one ``geonorm dump --model MODEL --max-tokens N --store-dtype DTYPE``
+writes from a real model (its sites, gains, shard sizes and recorded batches), not a synthetic one.
 
 Warm: the files are in the page cache (a raw read before the repeats).  Cold: every file is
 dropped from the page cache (``posix_fadvise(POSIX_FADV_DONTNEED)``, which works unprivileged
@@ -147,15 +151,29 @@ def compute_only(root: Path, num_threads: int | None) -> float:
     return seconds * rows_all / rows_timed
 
 
-def throughput(gb: float, d: int, dtype: str, repeats: int, workdir: Path, num_threads: int | None,
-               shard_rows: int | None = None) -> dict:
+def write_model_dump(root: Path, tokens: int, *, model: str = "smollm2", dtype: str = "float32") -> Path:
+    """The dump ``geonorm dump`` writes from a real model (default: the embedded SmolLM2-135M: 61 norm
+    sites, d = 576, 281 KB a token in fp32) over the first ``tokens`` tokens of the bundled corpus,
+    stored as ``dtype``, with its default shards."""
+    subprocess.run([sys.executable, "-m", "geonorm_core.cli", "dump", "--model", model, "--out", str(root),
+                    "--max-tokens", str(tokens), "--store-dtype", dtype], check=True, stdout=subprocess.DEVNULL)
+    return root
+
+
+def throughput(size: float, d: int, dtype: str, repeats: int, workdir: Path, num_threads: int | None,
+               shard_rows: int | None = None, model: str | None = None) -> dict:
+    """size: GB of a synthetic dump, or with ``model`` the tokens of a model's dump."""
     from geonorm_core.dumps import analyze_dump
     from geonorm_core.dumps.verify import RACY_SECONDS
 
     os.environ["GEONORM_CACHE_DIR"] = str(workdir / "cache")  # the record of verified shards: ours alone
-    root = workdir / f"dump-{gb:g}gb-{dtype}-{d}"
+    root = workdir / f"dump-{size:g}-{dtype}-{model or d}"
     t = time.perf_counter()
-    write_synthetic_dump(root, gb, d=d, dtype=dtype, shard_rows=shard_rows)
+    if model is not None:
+        write_model_dump(root, int(size), model=model, dtype=dtype)
+        d = json.loads((root / "manifest.json").read_text())["sites"][0]["d"]
+    else:
+        write_synthetic_dump(root, size, d=d, dtype=dtype, shard_rows=shard_rows)
     os.sync()  # no writeback running under the timings
     write_s = time.perf_counter() - t
     time.sleep(RACY_SECONDS)  # a file hashed sooner after its last write is hashed again next time
@@ -237,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="num_threads for the core (default: all cores)")
     ap.add_argument("--shard-rows", type=int, default=None,
                     help="rows per shard (default: what gn.dump writes for SmolLM2's 61 sites)")
+    ap.add_argument("--model", default=None,
+                    help="measure the dump `geonorm dump --model MODEL` writes (e.g. smollm2), not a synthetic one")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[4096],
+                    help="with --model: tokens to dump (SmolLM2: 4096 tokens are 1.15 GB in fp32)")
     ap.add_argument("--dir", default=None, help="where the dumps go (default: a temp folder in /tmp)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -244,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"cpus": os.cpu_count()}
     try:
         if args.what in ("throughput", "all"):
-            result["throughput"] = [throughput(gb, args.d, args.dtype, args.repeats, workdir, args.threads,
-                                               args.shard_rows) for gb in (args.gb or [1.0])]
+            sizes = args.tokens if args.model else (args.gb or [1.0])
+            result["throughput"] = [throughput(size, args.d, args.dtype, args.repeats, workdir, args.threads,
+                                               args.shard_rows, args.model) for size in sizes]
             for r in result["throughput"]:
                 print(f"\n{r['gb']:.2f} GB, {r['files']} files of {r['shard_rows']} rows, d={r['d']} {r['dtype']}, "
                       f"threads={r['num_threads']}")

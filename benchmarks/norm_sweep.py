@@ -4,6 +4,7 @@
                                     [--dtypes float32 bfloat16 float16] [--inputs numpy torch]
                                     [--threads 2] [--max-mb 512] [--json out.json]
     python benchmarks/norm_sweep.py --threshold [--d 64 576 4096]
+    python benchmarks/norm_sweep.py --stream [--d 4096] [--dtypes float32 bfloat16]
 
 Sweep: for each op, d, row count, dtype, input kind (NumPy array or CPU torch tensor) and out=
 (given or not, for the ops that take it), geonorm's call and torch's are timed alternately in one
@@ -18,6 +19,10 @@ skipped (and listed).
 --threshold: for each d, the time of a norm on 1 thread and on 2 threads (geonorm's serial
 threshold set to 0, so the team always starts) by row count, and the smallest size in bytes at which
 2 threads win: what GN_SERIAL_BYTES_DEFAULT (geonorm.h) is set from.
+
+--stream: for each d and dtype, layer_norm(out=) with plain stores and with non-temporal ones
+(_core.stream_threshold 0), alternating, by output size from 1 to 256 MiB: where streaming starts
+to win is what gn_stream_bytes (geonorm.c) is set from.
 """
 from __future__ import annotations
 
@@ -195,6 +200,33 @@ def threshold(args) -> list[dict]:
     return found
 
 
+def stream(args) -> list[dict]:
+    before = _core.stream_threshold()
+    found = []
+    try:
+        for dtype in args.dtypes:
+            for d in args.d:
+                win = None
+                for mib in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+                    rows = max(1, (mib << 20) // (d * torch.finfo(TORCH_DTYPES[dtype]).bits // 8))
+                    (x, _, w, b), _ = data(rows, d, dtype)
+                    out = np.empty_like(x)
+
+                    def run(threshold, x=x, w=w, b=b, out=out):
+                        _core.stream_threshold(threshold)
+                        gn.layer_norm(x, w, b, out=out)
+                    plain, streamed = interleaved([lambda: run(1 << 62), lambda: run(0)], rounds=15)
+                    print(f"{dtype:8s} d={d:<5d} out {mib:4d} MiB  stores {plain * 1e6:9.1f} us  "
+                          f"streamed {streamed * 1e6:9.1f} us  {plain / streamed:5.2f}x", flush=True)
+                    if win is None and streamed < plain * 0.95:
+                        win = mib
+                found.append({"dtype": dtype, "d": d, "MiB": win})
+                print(f"{dtype} d={d}: streaming first wins at {win} MiB of output")
+    finally:
+        _core.stream_threshold(before)
+    return found
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
@@ -205,13 +237,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-mb", type=float, default=512)
     p.add_argument("--threshold", action="store_true")
+    p.add_argument("--stream", action="store_true")
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     gn.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, geonorm {gn.__version__}, simd {gn.kernel_info()['simd']}, "
-          f"threads {args.threads}, serial threshold {_core.serial_threshold()} bytes")
-    result = threshold(args) if args.threshold else sweep(args)
+          f"threads {args.threads}, serial threshold {_core.serial_threshold()} bytes, "
+          f"stream threshold {_core.stream_threshold()} bytes")
+    result = threshold(args) if args.threshold else stream(args) if args.stream else sweep(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

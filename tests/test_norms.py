@@ -286,8 +286,21 @@ def _bf16_round_reference(f32: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(f32), quiet, rounded).astype(np.uint16)
 
 
-@pytest.mark.parametrize("rows", (1, 1024))  # 1024 x 4096 bf16 = 8 MiB: written with streaming stores
-def test_bf16_outputs_are_rounded_to_nearest_even_on_every_path(simd, rows):
+@pytest.fixture(params=(False, True), ids=("stores", "streamed"))
+def streamed(request):
+    """Norm outputs written with plain stores, or with non-temporal ones (threshold 0) for the test."""
+    from geonorm_core._native import _core
+
+    before = _core.stream_threshold()
+    _core.stream_threshold(0 if request.param else 1 << 62)
+    try:
+        yield request.param
+    finally:
+        _core.stream_threshold(before)
+
+
+@pytest.mark.parametrize("rows", (1, 64))
+def test_bf16_outputs_are_rounded_to_nearest_even_on_every_path(simd, streamed, rows):
     """rms_norm of constant rows +-2^k with a float32 gain w and eps = 0 is exactly +-w in float32, so
     its bf16 output is w's rounding: ties, subnormals (which VCVTNEPS2BF16 alone would flush to zero),
     the largest values (which round to Inf), Inf and NaN, on every path, streamed or not."""
@@ -304,10 +317,41 @@ def test_bf16_outputs_are_rounded_to_nearest_even_on_every_path(simd, rows):
     signs = np.where(rng.random(rows) < 0.5, -1.0, 1.0)
     x = np.repeat((signs * np.exp2(k))[:, None], d, axis=1).astype(ml_dtypes.bfloat16)
     got = gn.rms_norm(x, w, eps=0.0).view(np.uint16)
+    # and into an out= that starts one element past a vector's alignment (the streamed rows' head)
+    buf = np.empty(x.size + 1, x.dtype)
+    shifted = gn.rms_norm(x, w, eps=0.0, out=buf[1:].reshape(x.shape)).view(np.uint16)
+    assert np.array_equal(shifted, got)
     with np.errstate(invalid="ignore"):  # signaling NaNs among the random bits
         exact = (signs[:, None] * w[None, :]).astype(np.float32)
     want = _bf16_round_reference(exact)
-    assert np.array_equal(got, want), f"{np.count_nonzero(got != want)} outputs differ on {simd}"
+    assert np.array_equal(got, want), f"{np.count_nonzero(got != want)} outputs differ on {simd}, {streamed=}"
     # the data tells a rounding that flushes float32 subnormals (VCVTNEPS2BF16's) from the right one
     flushed = np.where(np.abs(exact) < np.finfo(np.float32).tiny, np.copysign(0.0, exact), exact)
     assert not np.array_equal(_bf16_round_reference(flushed.astype(np.float32)), want)
+
+
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16", "float16", "float64"))
+@pytest.mark.parametrize("op", OPS)
+def test_streamed_rows_equal_stored_rows_at_every_alignment(simd, dtype, op):
+    """Streamed outputs (whole 64-byte lines with non-temporal stores, the row's ends with plain
+    vector stores) are bitwise the plain ones, for every start of out= within a line and row
+    lengths that are not whole lines."""
+    from geonorm_core._native import _core
+
+    dt = DTYPES[dtype]
+    before = _core.stream_threshold()
+    try:
+        for d in (16, 37, 96, 1000):
+            x = nasty_rows(d, dt)
+            w, b = affine(d, dt)
+            kw = {} if op == "remove_uniform" else {"weight": w} if op == "rms_norm" else {"weight": w, "bias": b}
+            _core.stream_threshold(1 << 62)
+            want = getattr(gn, op)(x, **kw)
+            _core.stream_threshold(0)
+            for shift in range(64 // x.itemsize + 1):
+                buf = np.empty(x.size + shift, x.dtype)
+                buf.view(np.uint8)[:] = 0xA5  # not the last call's results, which np.empty may return
+                got = getattr(gn, op)(x, out=buf[shift:].reshape(x.shape), **kw)
+                assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), f"d={d} shift={shift}"
+    finally:
+        _core.stream_threshold(before)

@@ -25,6 +25,7 @@ cdef extern from "geonorm.h" nogil:
         int dtype
     int gn_simd_supported(int level)
     int64_t gn_serial_threshold(int64_t bytes)
+    int64_t gn_stream_threshold(int64_t bytes)
     void gn_widen(int dtype, const void *src, int64_t n, int to_double, void *dst)
     int gn_simd_set(int level)
     int gn_simd_active()
@@ -106,6 +107,11 @@ def set_simd(str name):
 def serial_threshold(int64_t nbytes=-1):
     """Calls over fewer bytes of rows run on the calling thread; set it (nbytes >= 0) and/or read it."""
     return gn_serial_threshold(nbytes)
+
+
+def stream_threshold(int64_t nbytes=-1):
+    """Norm outputs of at least this many bytes are written with non-temporal stores; set and/or read it."""
+    return gn_stream_threshold(nbytes)
 
 
 def advise_huge(uintptr_t address, int64_t nbytes):

@@ -569,10 +569,17 @@ int gn_decompose(const gn_rows *x, double *out, int64_t qstride, int nthreads)
 
 /* Outputs of at least this many bytes are written with non-temporal stores: no read for ownership
  * of each line, so a large norm moves the bytes a copy moves (glibc's memcpy does the same for large
- * copies).  32768 x 4096 fp32 LayerNorm with out=: 0.74x a torch copy with plain stores, 1.06-1.12x
- * streamed; from 8 MiB of output (a quarter of this host's 32 MiB L3) streaming measured no slower
- * even when the caller reads the output back at once, from 16 MiB 1.35x faster. */
-#define GN_STREAM_BYTES ((int64_t)8 << 20)
+ * copies).  32768 x 4096 fp32 LayerNorm with out=: 0.74x a torch copy with plain stores, 1.02-1.12x
+ * streamed.  Below the last-level cache's size streaming loses to a caller that reads the output
+ * (or writes it again) from cache, so the default is 32 MiB, this host's L3 (norm_sweep.py --stream
+ * measures the crossing). */
+static int64_t gn_stream_bytes = (int64_t)32 << 20;
+
+int64_t gn_stream_threshold(int64_t bytes)
+{
+    if (bytes >= 0) gn_stream_bytes = bytes;
+    return gn_stream_bytes;
+}
 
 static int gn_normalize_rows(int kind, const gn_rows *x, const gn_rows *out, const void *weight,
                              const void *bias, double eps, int64_t r0, int64_t r1, int stream)
@@ -583,7 +590,7 @@ static int gn_normalize_rows(int kind, const gn_rows *x, const gn_rows *out, con
     char *scratch = xdirect && odirect ? NULL : malloc((size_t)(2 * d * 8));
     if (!(xdirect && odirect) && !scratch) return -1;
     int64_t r = r0;
-    if (kind == GN_LAYER_NORM && xdirect && odirect && d * gn_itemsize(x->dtype) <= GN_LN_BLOCK_BYTES) {
+    if (kind != GN_RMS_NORM && xdirect && odirect && d * gn_itemsize(x->dtype) <= GN_LN_BLOCK_BYTES) {
         /* Short rows, GN_LN_BLOCK at a time: their statistics, then their scales in one vector
          * step, then the affine rows from cache (at small d the per-row scalar chain -- division,
          * square root -- not the vector work sets the speed; independent rows let it overlap). */
@@ -593,11 +600,12 @@ static int gn_normalize_rows(int kind, const gn_rows *x, const gn_rows *out, con
             int ok[GN_LN_BLOCK];
             for (int j = 0; j < GN_LN_BLOCK; j++)
                 ok[j] = gn_row_ln_fast(k, x->dtype, gn_row_ptr(x, r + j), d, inv_d, eps, &mu[j], &var[j]);
-            for (int j = 0; j < GN_LN_BLOCK; j++) sc[j] = 1.0 / sqrt(var[j]);
+            for (int j = 0; j < GN_LN_BLOCK; j++) sc[j] = kind == GN_LAYER_NORM ? 1.0 / sqrt(var[j]) : 1.0;
             for (int j = 0; j < GN_LN_BLOCK; j++) {
                 const char *row = gn_row_ptr(x, r + j);
                 char *orow = gn_row_ptr(out, r + j);
-                if (ok[j]) k[x->dtype].affine(row, orow, d, mu[j], sc[j], weight, bias, stream);
+                if (ok[j] && kind == GN_LAYER_NORM) k[x->dtype].affine(row, orow, d, mu[j], sc[j], weight, bias, stream);
+                else if (ok[j]) k[x->dtype].affine(row, orow, d, mu[j], 1.0, NULL, NULL, stream);
                 else gn_row_normalize(k, kind, x->dtype, row, orow, d, weight, bias, eps, stream);
             }
         }
@@ -625,7 +633,7 @@ int gn_normalize(int kind, const gn_rows *x, const gn_rows *out, const void *wei
 {
     const int64_t n = x->n0 * x->n1, d = x->d, bytes = d * gn_itemsize(x->dtype);
     const int nt = gn_threads(nthreads, n, 2 * bytes);
-    const int stream = n * bytes >= GN_STREAM_BYTES;
+    const int stream = n * bytes >= gn_stream_bytes;
     if (nt == 1) return gn_normalize_rows(kind, x, out, weight, bias, eps, 0, n, stream);
     const int64_t chunk = gn_chunk(n, bytes, nt);
     int failed = 0;

@@ -35,6 +35,9 @@ enum { GN_MEAN = 0, GN_COEF, GN_NORM, GN_PERP_NORM, GN_COS, GN_ANGLE, GN_MAX_ABS
 #endif
 /* Sets the threshold when bytes >= 0; returns the one in force. */
 int64_t gn_serial_threshold(int64_t bytes);
+/* Norm outputs of at least this many bytes are written with non-temporal stores; set it (bytes >= 0)
+ * and/or read it (bytes < 0). */
+int64_t gn_stream_threshold(int64_t bytes);
 
 /* n values of any dtype as float (to_double 0) or double (1). */
 void gn_widen(int dtype, const void *src, int64_t n, int to_double, void *dst);

@@ -5,8 +5,7 @@
 
 /* out = ((x - mu) * scale) * w + b, in float32, rounded once to the output type.  stream: write
  * with non-temporal stores (gn_normalize's choice for an output too large to stay in cache: no
- * read for ownership of its lines, so a large norm moves the bytes a copy moves); a row that does
- * not start on a vector store's alignment is written normally. */
+ * read for ownership of its lines, so a large norm moves the bytes a copy moves). */
 GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double mu, double scale,
                                     const void *wv, const void *bv, int stream)
 {
@@ -16,20 +15,25 @@ GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double 
     const float hi = (float)mu, lo = (float)(mu - (double)hi), s = (float)scale;
     const VF vhi = VF_SET1(hi), vlo = VF_SET1(lo), vs = VF_SET1(s);
     int64_t i = 0;
-#define GN_AFFINE_LOOP(STORE)                                          \
-    for (; i + W <= d; i += W) {                                       \
-        VF t = VF_MUL(VF_SUB(VF_SUB(GN_LOAD(x + i), vhi), vlo), vs);   \
-        if (w) t = VF_MUL(t, VF_LOADU(w + i));                         \
-        if (b) t = VF_ADD(t, VF_LOADU(b + i));                         \
-        STORE(o + i, t);                                               \
-    }
-    if (stream && (uintptr_t)o % (W * sizeof(GN_CT)) == 0) GN_AFFINE_LOOP(GN_STREAM)
-    GN_AFFINE_LOOP(GN_STORE)
-#undef GN_AFFINE_LOOP
-    for (; i < d; i++) {
-        float t = ((GN_TO_FLOAT(x[i]) - hi) - lo) * s;
-        if (w) t *= w[i];
-        if (b) t += b[i];
-        o[i] = GN_FROM_FLOAT(t);
-    }
+#define GN_AFFINE_ONE(i)                                               \
+    do {                                                               \
+        float t_ = ((GN_TO_FLOAT(x[i]) - hi) - lo) * s;                \
+        if (w) t_ *= w[i];                                             \
+        if (b) t_ += b[i];                                             \
+        o[i] = GN_FROM_FLOAT(t_);                                      \
+    } while (0)
+#define GN_AFFINE_VEC(i) /* the row's W elements at i */                       \
+    (t = VF_MUL(VF_SUB(VF_SUB(GN_LOAD(x + (i)), vhi), vlo), vs), t = w ? VF_MUL(t, VF_LOADU(w + (i))) : t, \
+     b ? VF_ADD(t, VF_LOADU(b + (i))) : t)
+    VF t;
+    /* A row is streamed only when it is whole 64-byte lines (aligned start, length a multiple of
+     * 64 bytes): a line written partly by plain stores and partly by streaming ones cost 2-3x
+     * either (measured: rows of NumPy arrays, which start 16 bytes into a page, with their ends
+     * stored plainly), so other rows take plain stores. */
+    if (stream && (uintptr_t)o % 64 == 0 && (d * (int64_t)sizeof(GN_CT)) % 64 == 0)
+        for (; i + W <= d; i += W) GN_STREAM(o + i, GN_AFFINE_VEC(i));
+    for (; i + W <= d; i += W) GN_STORE(o + i, GN_AFFINE_VEC(i));
+    for (; i < d; i++) GN_AFFINE_ONE(i);
+#undef GN_AFFINE_VEC
+#undef GN_AFFINE_ONE
 }

@@ -57,7 +57,7 @@ GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
     return s;
 }
 
-/* stream: non-temporal stores, as in kernels_narrow.h's affine */
+/* stream: non-temporal stores, as in kernels_affine.h */
 GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double mu, double scale,
                                     const void *wv, const void *bv, int stream)
 {
@@ -65,22 +65,23 @@ GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double 
     double *o = (double *)ov;
     const VD vmu = VD_SET1(mu), vs = VD_SET1(scale);
     int64_t i = 0;
-#define GN_AFFINE_LOOP(STORE)                                \
-    for (; i + WD <= d; i += WD) {                           \
-        VD t = VD_MUL(VD_SUB(VD_LOADU(x + i), vmu), vs);     \
-        if (w) t = VD_MUL(t, VD_LOADU(w + i));               \
-        if (b) t = VD_ADD(t, VD_LOADU(b + i));               \
-        STORE(o + i, t);                                     \
-    }
-    if (stream && (uintptr_t)o % (WD * sizeof(double)) == 0) GN_AFFINE_LOOP(VD_STREAM)
-    GN_AFFINE_LOOP(VD_STOREU)
-#undef GN_AFFINE_LOOP
-    for (; i < d; i++) {
-        double t = (x[i] - mu) * scale;
-        if (w) t *= w[i];
-        if (b) t += b[i];
-        o[i] = t;
-    }
+#define GN_AFFINE_VEC(i) /* the row's WD elements at i */                                             \
+    (t = VD_MUL(VD_SUB(VD_LOADU(x + (i)), vmu), vs), t = w ? VD_MUL(t, VD_LOADU(w + (i))) : t, \
+     b ? VD_ADD(t, VD_LOADU(b + (i))) : t)
+#define GN_AFFINE_ONE(i)                  \
+    do {                                  \
+        double v_ = (x[i] - mu) * scale;  \
+        if (w) v_ *= w[i];                \
+        if (b) v_ += b[i];                \
+        o[i] = v_;                        \
+    } while (0)
+    VD t;
+    if (stream && (uintptr_t)o % 64 == 0 && d % 8 == 0) /* whole 64-byte lines only, as kernels_affine.h */
+        for (; i + WD <= d; i += WD) VD_STREAM(o + i, GN_AFFINE_VEC(i));
+    for (; i + WD <= d; i += WD) VD_STOREU(o + i, GN_AFFINE_VEC(i));
+    for (; i < d; i++) GN_AFFINE_ONE(i);
+#undef GN_AFFINE_VEC
+#undef GN_AFFINE_ONE
 }
 
 #undef GN_FN

@@ -203,7 +203,7 @@ static double gn_rstd_scaled(double sigma, double eps, int ex, int *out_ex)
     return 1.0 / hypot(sigma, ldexp(root, -ex));
 }
 
-/* LayerNorm's two numbers for one row in the common case: mu and 1 / sqrt(sigma^2 + eps), from
+/* LayerNorm's two numbers for one row in the common case (remove_uniform's mu too): mu and sigma^2 + eps, from
  * gn_row_moments's shifted deviation pass without what only decompose needs (the two norms and
  * their square roots) and with the divisions by d as products with 1/d (a relative change of
  * 2^-53 in float64 statistics of a float32 output).  At small d these scalar steps, not the row's
@@ -242,8 +242,9 @@ static void gn_row_normalize(const gn_kernels *k, int kind, int dtype, const voi
 {
     double mu = 0.0, s = 1.0;
     int ex, out_ex = 0;
-    if (kind == GN_LAYER_NORM && gn_row_ln_fast(k, dtype, row, d, 1.0 / (double)d, eps, &mu, &s)) {
-        k[dtype].affine(row, orow, d, mu, 1.0 / sqrt(s), w, b, stream);
+    if (kind != GN_RMS_NORM && gn_row_ln_fast(k, dtype, row, d, 1.0 / (double)d, eps, &mu, &s)) {
+        if (kind == GN_LAYER_NORM) k[dtype].affine(row, orow, d, mu, 1.0 / sqrt(s), w, b, stream);
+        else k[dtype].affine(row, orow, d, mu, 1.0, NULL, NULL, stream); /* remove_uniform: x - mu 1 */
         return;
     }
     /* Rows that needed no rescaling (ex == 0: their squares are finite normal doubles) take
