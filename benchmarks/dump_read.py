@@ -171,7 +171,7 @@ def throughput(size: float, d: int, dtype: str, repeats: int, workdir: Path, num
     t = time.perf_counter()
     if model is not None:
         write_model_dump(root, int(size), model=model, dtype=dtype)
-        d = json.loads((root / "manifest.json").read_text())["sites"][0]["d"]
+        d = json.loads((root / "manifest.json").read_text())["sites"][0]["meta"]["d"]
     else:
         write_synthetic_dump(root, size, d=d, dtype=dtype, shard_rows=shard_rows)
     os.sync()  # no writeback running under the timings
