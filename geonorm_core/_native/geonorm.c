@@ -600,12 +600,12 @@ static int gn_normalize_rows(int kind, const gn_rows *x, const gn_rows *out, con
             int ok[GN_LN_BLOCK];
             for (int j = 0; j < GN_LN_BLOCK; j++)
                 ok[j] = gn_row_ln_fast(k, x->dtype, gn_row_ptr(x, r + j), d, inv_d, eps, &mu[j], &var[j]);
-            for (int j = 0; j < GN_LN_BLOCK; j++) sc[j] = kind == GN_LAYER_NORM ? 1.0 / sqrt(var[j]) : 1.0;
+            const int ln = kind == GN_LAYER_NORM; /* remove_uniform: x - mu 1, no scale, gain or bias */
+            for (int j = 0; j < GN_LN_BLOCK; j++) sc[j] = ln ? 1.0 / sqrt(var[j]) : 1.0;
             for (int j = 0; j < GN_LN_BLOCK; j++) {
                 const char *row = gn_row_ptr(x, r + j);
                 char *orow = gn_row_ptr(out, r + j);
-                if (ok[j] && kind == GN_LAYER_NORM) k[x->dtype].affine(row, orow, d, mu[j], sc[j], weight, bias, stream);
-                else if (ok[j]) k[x->dtype].affine(row, orow, d, mu[j], 1.0, NULL, NULL, stream);
+                if (ok[j]) k[x->dtype].affine(row, orow, d, mu[j], sc[j], ln ? weight : NULL, ln ? bias : NULL, stream);
                 else gn_row_normalize(k, kind, x->dtype, row, orow, d, weight, bias, eps, stream);
             }
         }
