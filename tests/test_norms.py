@@ -355,3 +355,32 @@ def test_streamed_rows_equal_stored_rows_at_every_alignment(simd, dtype, op):
                 assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), f"d={d} shift={shift}"
     finally:
         _core.stream_threshold(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ("layer_norm", "remove_uniform"))
+def test_a_rows_output_does_not_depend_on_its_block(simd, dtype, op):
+    """Short rows take their first pass eight at a time (dev_rows, one transposed reduction for the
+    block): a row's output is bitwise the same alone, at any place in a block, in a strided view
+    (gathered, row by row) and in a call of another length, and agrees with the oracle."""
+    dt = DTYPES[dtype]
+    for d in (16, 64, 100, 576, 1024):
+        x = nasty_rows(d, dt)[:23]
+        w, b = affine(d, dt)
+        call = getattr(gn, op)
+        kw = {"weight": w, "bias": b} if op == "layer_norm" else {}
+        whole = as_bytes_rows(call(x, **kw))
+        for i in range(x.shape[0]):
+            alone = as_bytes_rows(call(x[i:i + 1], **kw))[0]
+            assert alone == whole[i], f"{op} [{simd} {dtype} d={d}] row {i}: alone differs from in a block"
+        for start in (1, 3, 7):
+            assert as_bytes_rows(call(x[start:], **kw)) == whole[start:], f"{op} [{simd} {dtype} d={d}] from {start}"
+        strided = np.zeros((x.shape[0], 2 * d), dtype=dt)[:, ::2]
+        strided[...] = x
+        assert as_bytes_rows(call(strided, **kw)) == whole, f"{op} [{simd} {dtype} d={d}] strided rows"
+        check_op(op, x, *((w, b) if op == "layer_norm" else ()), where=f" [{simd} {dtype} d={d}]")
+
+
+def as_bytes_rows(y):
+    y = np.ascontiguousarray(f64(y)).view(np.uint64)
+    return [row.tobytes() for row in y]

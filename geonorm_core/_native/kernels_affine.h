@@ -37,3 +37,13 @@ GN_TARGET static void GN_FN(affine)(const void *xv, void *ov, int64_t d, double 
 #undef GN_AFFINE_VEC
 #undef GN_AFFINE_ONE
 }
+
+/* affine for the rows j < n with ok[j] > 0 (rows[j] -> outs[j], mu[j], scale[j]): a block of short
+ * rows in one call, the row kernel inlined (at small d a call per row costs as much as its work). */
+GN_TARGET static void GN_FN(affine_rows)(const void *const *rows, void *const *outs, int n, int64_t d,
+                                         const double *mu, const double *scale, const int *ok, const void *wv,
+                                         const void *bv, int stream)
+{
+    for (int j = 0; j < n; j++)
+        if (ok[j] > 0) GN_FN(affine)(rows[j], outs[j], d, mu[j], scale[j], wv, bv, stream);
+}

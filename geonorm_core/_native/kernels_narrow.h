@@ -65,6 +65,77 @@ GN_TARGET static double GN_FN(head)(const void *xv, int64_t n)
     return s;
 }
 
+#if GN_RAW16
+#define GN_VM VI /* the running max |x|: raw bits for the 16-bit types */
+#define GN_VM_ZERO VI_ZERO
+#else
+#define GN_VM VF
+#define GN_VM_ZERO VF_ZERO
+#endif
+
+/* dev's pass over one block [i, end) of steps of 2W elements: sum t^2 and sum t (t = x - c) in four
+ * float32 accumulators each, added pairwise into *q and *e, and max |x| into *m when TRACK (a
+ * constant, so each caller gets its own loop).  Returns where the block's steps end. */
+GN_TARGET static inline __attribute__((always_inline)) int64_t GN_FN(dev_block)(const GN_CT *x, int64_t i,
+                                                                                 int64_t end, VF vc, int TRACK,
+                                                                                 VF *q, VF *e, GN_VM *m)
+{
+    VF q0 = VF_ZERO, q1 = VF_ZERO, q2 = VF_ZERO, q3 = VF_ZERO, v0, v1, v2, v3;
+    VF e0 = VF_ZERO, e1 = VF_ZERO, e2 = VF_ZERO, e3 = VF_ZERO;
+    GN_VM mm = *m;
+    for (; i + 4 * W <= end; i += 4 * W) {
+        GN_LOAD2(x + i, v0, v1, mm, TRACK);
+        GN_LOAD2(x + i + 2 * W, v2, v3, mm, TRACK);
+        v0 = VF_SUB(v0, vc);
+        v1 = VF_SUB(v1, vc);
+        v2 = VF_SUB(v2, vc);
+        v3 = VF_SUB(v3, vc);
+        q0 = VF_FMA(v0, v0, q0);
+        q1 = VF_FMA(v1, v1, q1);
+        q2 = VF_FMA(v2, v2, q2);
+        q3 = VF_FMA(v3, v3, q3);
+        e0 = VF_ADD(e0, v0);
+        e1 = VF_ADD(e1, v1);
+        e2 = VF_ADD(e2, v2);
+        e3 = VF_ADD(e3, v3);
+    }
+    if (i + 2 * W <= end) {
+        GN_LOAD2(x + i, v0, v1, mm, TRACK);
+        v0 = VF_SUB(v0, vc);
+        v1 = VF_SUB(v1, vc);
+        q0 = VF_FMA(v0, v0, q0);
+        q1 = VF_FMA(v1, v1, q1);
+        e0 = VF_ADD(e0, v0);
+        e1 = VF_ADD(e1, v1);
+        i += 2 * W;
+    }
+    *q = VF_ADD(VF_ADD(q0, q1), VF_ADD(q2, q3));
+    *e = VF_ADD(VF_ADD(e0, e1), VF_ADD(e2, e3));
+    *m = mm;
+    return i;
+}
+
+/* dev's pass over the row's whole steps, block by block, each block carried into float64.  Returns
+ * where the scalar tail starts. */
+GN_TARGET static inline __attribute__((always_inline)) int64_t GN_FN(dev_steps)(const GN_CT *x, int64_t d, VF vc,
+                                                                                 int TRACK, VD *q_out, VD *e_out,
+                                                                                 GN_VM *m_out)
+{
+    VD q = VD_ZERO, e = VD_ZERO;
+    GN_VM m = GN_VM_ZERO;
+    int64_t i = 0;
+    while (i + 2 * W <= d) {
+        VF qb, eb;
+        i = GN_FN(dev_block)(x, i, GN_BLOCK_END(i, d), vc, TRACK, &qb, &eb, &m);
+        q = VD_ADD(q, GN_WIDEN1(qb));
+        e = VD_ADD(e, GN_WIDEN1(eb));
+    }
+    *q_out = q;
+    *e_out = e;
+    *m_out = m;
+    return i;
+}
+
 /* One pass over the row: sum t^2 and sum t for t = x - c, c a float (the caller
  * rounds its shift to one), and max |x|.  t is exact by Sterbenz's lemma wherever
  * x is within a factor 2 of c, i.e. exactly where cancellation would hurt, and
@@ -72,47 +143,9 @@ GN_TARGET static double GN_FN(head)(const void *xv, int64_t n)
 GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_out, double *e_out, double *amax)
 {
     const GN_CT *x = (const GN_CT *)xv;
-    const VF vc = VF_SET1((float)c);
-    VD q = VD_ZERO, e = VD_ZERO;
-#if GN_RAW16
-    VI m = VI_ZERO;
-#else
-    VF m = VF_ZERO;
-#endif
-    int64_t i = 0;
-    while (i + 2 * W <= d) {
-        const int64_t end = GN_BLOCK_END(i, d);
-        VF q0 = VF_ZERO, q1 = VF_ZERO, q2 = VF_ZERO, q3 = VF_ZERO, v0, v1, v2, v3;
-        VF e0 = VF_ZERO, e1 = VF_ZERO, e2 = VF_ZERO, e3 = VF_ZERO;
-        for (; i + 4 * W <= end; i += 4 * W) {
-            GN_LOAD2(x + i, v0, v1, m, 1);
-            GN_LOAD2(x + i + 2 * W, v2, v3, m, 1);
-            v0 = VF_SUB(v0, vc);
-            v1 = VF_SUB(v1, vc);
-            v2 = VF_SUB(v2, vc);
-            v3 = VF_SUB(v3, vc);
-            q0 = VF_FMA(v0, v0, q0);
-            q1 = VF_FMA(v1, v1, q1);
-            q2 = VF_FMA(v2, v2, q2);
-            q3 = VF_FMA(v3, v3, q3);
-            e0 = VF_ADD(e0, v0);
-            e1 = VF_ADD(e1, v1);
-            e2 = VF_ADD(e2, v2);
-            e3 = VF_ADD(e3, v3);
-        }
-        if (i + 2 * W <= end) {
-            GN_LOAD2(x + i, v0, v1, m, 1);
-            v0 = VF_SUB(v0, vc);
-            v1 = VF_SUB(v1, vc);
-            q0 = VF_FMA(v0, v0, q0);
-            q1 = VF_FMA(v1, v1, q1);
-            e0 = VF_ADD(e0, v0);
-            e1 = VF_ADD(e1, v1);
-            i += 2 * W;
-        }
-        q = VD_ADD(q, GN_WIDEN4(q0, q1, q2, q3));
-        e = VD_ADD(e, GN_WIDEN4(e0, e1, e2, e3));
-    }
+    VD q, e;
+    GN_VM m;
+    int64_t i = GN_FN(dev_steps)(x, d, VF_SET1((float)c), 1, &q, &e, &m);
 #if GN_RAW16
     double mx = GN_TO_FLOAT(VI_REDUCE_MAX16(m));
 #else
@@ -128,6 +161,47 @@ GN_TARGET static void GN_FN(dev)(const void *xv, int64_t d, double c, double *q_
     *q_out = qs;
     *e_out = es;
     *amax = mx;
+}
+
+/* `dev` around c = 0 without the max, for n <= 8 rows in one call: LayerNorm's first pass over a
+ * block of rows (gn_normalize_rows), and over one row (gn_row_ln_fast, so a row's bits do not
+ * depend on the block it falls in).  At small d a row's pass is a few vectors and a long chain of
+ * reductions, which a call per row waits on.  Here 8 rows of one block each (every lane takes at
+ * most GN_BLOCK terms) have their 16 sums reduced together (VF_SUM16), in float32: 4 more
+ * roundings than dev's float64 carry, a relative error below 13u of the sum of |terms|; longer rows
+ * take dev's loop, row by row. */
+GN_TARGET static void GN_FN(dev_rows)(const void *const *rows, int n, int64_t d, double *q_out, double *e_out)
+{
+    GN_VM m = GN_VM_ZERO;
+    int64_t i0 = 0;
+    if (d <= 4 * GN_BLOCK * W) {
+        VF v[16];
+        float s[16];
+        for (int j = 0; j < 8; j++) v[j] = v[8 + j] = VF_ZERO;
+        for (int j = 0; j < n; j++)
+            i0 = GN_FN(dev_block)((const GN_CT *)rows[j], 0, d, VF_ZERO, 0, &v[j], &v[8 + j], &m);
+        VF_SUM16(v, s); /* each row's sums in a fixed order: the same bits whatever its neighbours */
+        for (int j = 0; j < n; j++) {
+            q_out[j] = s[j];
+            e_out[j] = s[8 + j];
+        }
+    } else {
+        for (int j = 0; j < n; j++) {
+            VD q, e;
+            i0 = GN_FN(dev_steps)((const GN_CT *)rows[j], d, VF_ZERO, 0, &q, &e, &m);
+            q_out[j] = VD_REDUCE(q);
+            e_out[j] = VD_REDUCE(e);
+        }
+    }
+    (void)m;
+    for (int j = 0; j < n; j++) {
+        const GN_CT *x = (const GN_CT *)rows[j];
+        for (int64_t i = i0; i < d; i++) { /* the tail, as dev's (x - 0 = x) */
+            const float t = GN_TO_FLOAT(x[i]);
+            q_out[j] += (double)t * t;
+            e_out[j] += t;
+        }
+    }
 }
 
 GN_TARGET static double GN_FN(sumsq)(const void *xv, int64_t d)
@@ -342,4 +416,6 @@ GN_TARGET static void GN_FN(devw)(const void *xv, int64_t d, double c, const flo
 #undef GN_LOAD2
 #undef GN_BLOCK_END
 #undef GN_BLOCK2_END
+#undef GN_VM
+#undef GN_VM_ZERO
 #undef GN_FN

@@ -85,6 +85,7 @@
 #undef VD_LOADU
 #undef VD_STOREU
 #undef VD_REDUCE
+#undef VF_SUM16
 #undef VF_MAX
 #undef VF_ABS
 #undef VF_REDUCE_MAX

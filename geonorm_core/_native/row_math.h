@@ -207,30 +207,62 @@ static double gn_rstd_scaled(double sigma, double eps, int ex, int *out_ex)
  * gn_row_moments's shifted deviation pass without what only decompose needs (the two norms and
  * their square roots) and with the divisions by d as products with 1/d (a relative change of
  * 2^-53 in float64 statistics of a float32 output).  At small d these scalar steps, not the row's
- * vector work, set the speed.  Returns 0 for the rows gn_row_moments must take: a shift the pass
- * says was poor, squares that underflow, a non-finite row. */
+ * vector work, set the speed.
+ *
+ * gn_ln_verdict: the two numbers from one pass around the shift c (q = sum t^2, e = sum t), and
+ * whether they hold (gn_ln_from_pass writes them only then): 1 when they hold, 0 when the shift was
+ * poor (the pass is made again around the mean), -1 for the rows gn_row_moments must take (squares
+ * that underflow, a non-finite row).  A shift is poor when the mean is more than sigma / 2 from
+ * it: sigma^2 = (q - e^2/d)/d then loses at most a factor 1 + 1/4 + 2/4 of the sums' relative
+ * error to cancellation.  (decompose's gn_row_moments asks sigma / 4; at sigma / 4 a fifth of the
+ * rows of d = 64 with mean 0.3 and sigma 2 took the second pass, at sigma / 2 few do.) */
+static inline double gn_ln_verdict(int dtype, int64_t d, double c, double q, double e, double inv_d, double eps,
+                                   double *mu, double *var)
+{
+    /* without branches, and in doubles (mu and var are written whatever the verdict), so that a
+     * block's rows vectorize (gn_normalize_rows) */
+    const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100;
+    const double ee = e * e * inv_d, perp2 = q - ee, m = c + e * inv_d;
+    const double shift_ok = ee <= perp2 * 0.25 ? 1.0 : 0.0;
+    const double safe = q >= tiny && fabs((double)d * m * m + perp2) <= DBL_MAX ? 1.0 : -1.0;
+    *mu = m;
+    *var = perp2 * inv_d + eps;
+    return shift_ok * safe;
+}
+
+static inline int gn_ln_from_pass(int dtype, int64_t d, double c, double q, double e, double inv_d, double eps,
+                                  double *mu, double *var)
+{
+    double m, v;
+    const int r = (int)gn_ln_verdict(dtype, d, c, q, e, inv_d, eps, &m, &v);
+    if (r > 0) {
+        *mu = m;
+        *var = v;
+    }
+    return r;
+}
+
+/* The second pass, around the first pass's mean (e: its sum of t around 0), from cache. */
+static int gn_row_ln_shifted(const gn_kernels *k, int dtype, const void *row, int64_t d, double e, double inv_d,
+                             double eps, double *mu, double *var)
+{
+    double c = e * inv_d, q, amax;
+    if (dtype != GN_F64) c = (float)c;
+    if (!isfinite(c)) return 0;
+    k[dtype].dev(row, d, c, &q, &e, &amax);
+    return gn_ln_from_pass(dtype, d, c, q, e, inv_d, eps, mu, var) > 0;
+}
+
+/* Returns 0 for the rows gn_row_moments must take. */
 static int gn_row_ln_fast(const gn_kernels *k, int dtype, const void *row, int64_t d, double inv_d, double eps,
                           double *mu, double *var)
 {
-    const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100;
-    double c = 0.0, q, e, amax;
-    k[dtype].dev(row, d, c, &q, &e, &amax);
-    double ee = e * e * inv_d, perp2 = q - ee;
-    if (!(ee <= perp2 * 0.0625)) { /* a mean of more than sigma / 4: again around it, from cache */
-        c = e * inv_d;
-        if (dtype != GN_F64) c = (float)c;
-        if (!isfinite(c)) return 0;
-        k[dtype].dev(row, d, c, &q, &e, &amax);
-        ee = e * e * inv_d;
-        perp2 = q - ee;
-        if (!(ee <= perp2 * 0.0625)) return 0;
-    }
-    if (!(q >= tiny)) return 0;
-    const double m = c + e * inv_d;
-    if (!isfinite((double)d * m * m + perp2)) return 0;
-    *mu = m;
-    *var = perp2 * inv_d + eps;
-    return 1;
+    double q, e, amax;
+    /* shift 0 first (rows sit near orthogonal to 1), with the sums gn_normalize_rows's blocks take */
+    if (k[dtype].dev_rows) k[dtype].dev_rows(&row, 1, d, &q, &e);
+    else k[dtype].dev(row, d, 0.0, &q, &e, &amax);
+    const int r = gn_ln_from_pass(dtype, d, 0.0, q, e, inv_d, eps, mu, var);
+    return r ? r > 0 : gn_row_ln_shifted(k, dtype, row, d, e, inv_d, eps, mu, var);
 }
 
 /* One row of remove_uniform (y = x - mu 1), layer_norm or rms_norm.  The SIMD
