@@ -641,8 +641,7 @@ static int gn_normalize_rows(int kind, const gn_rows *x, const gn_rows *out, con
         const double inv_d = 1.0 / (double)d;
         for (; r < r1; r += GN_LN_BLOCK) {
             const int n = r1 - r < GN_LN_BLOCK ? (int)(r1 - r) : GN_LN_BLOCK;
-            double mu[GN_LN_BLOCK] = {0}, var[GN_LN_BLOCK] = {0}, sc[GN_LN_BLOCK], q[GN_LN_BLOCK], e[GN_LN_BLOCK];
-            double verdict[GN_LN_BLOCK];
+            double mu[GN_LN_BLOCK], var[GN_LN_BLOCK], sc[GN_LN_BLOCK], q[GN_LN_BLOCK], e[GN_LN_BLOCK];
             const void *rows[GN_LN_BLOCK];
             void *outs[GN_LN_BLOCK];
             int ok[GN_LN_BLOCK];
@@ -650,21 +649,19 @@ static int gn_normalize_rows(int kind, const gn_rows *x, const gn_rows *out, con
                 rows[j] = gn_row_ptr(x, r + j);
                 outs[j] = gn_row_ptr(out, r + j);
             }
-            if (k[x->dtype].dev_rows) { /* the block's first pass in one call, then its verdicts in vectors */
-                k[x->dtype].dev_rows(rows, n, d, q, e);
-                for (int j = 0; j < n; j++)
-                    verdict[j] = gn_ln_verdict(x->dtype, d, 0.0, q[j], e[j], inv_d, eps, &mu[j], &var[j]);
-                for (int j = 0; j < n; j++) {
-                    ok[j] = (int)verdict[j];
-                    if (!ok[j])
-                        ok[j] = gn_row_ln_shifted(k, x->dtype, rows[j], d, e[j], inv_d, eps, &mu[j], &var[j]);
-                }
-            } else {
-                for (int j = 0; j < n; j++)
-                    ok[j] = gn_row_ln_fast(k, x->dtype, rows[j], d, inv_d, eps, &mu[j], &var[j]);
-            }
             const int ln = kind == GN_LAYER_NORM; /* remove_uniform: x - mu 1, no scale, gain or bias */
-            for (int j = 0; j < n; j++) sc[j] = ln ? 1.0 / sqrt(var[j]) : 1.0;
+            if (k[x->dtype].dev_rows) /* the block's first pass in one call */
+                k[x->dtype].dev_rows(rows, n, d, q, e);
+            for (int j = 0; j < n; j++) {
+                if (k[x->dtype].dev_rows) {
+                    ok[j] = gn_ln_verdict(x->dtype, d, 0.0, q[j], e[j], inv_d, eps, &mu[j], &var[j]);
+                    if (__builtin_expect(!ok[j], 0))
+                        ok[j] = gn_row_ln_shifted(k, x->dtype, rows[j], d, e[j], inv_d, eps, &mu[j], &var[j]);
+                } else {
+                    ok[j] = gn_row_ln_fast(k, x->dtype, rows[j], d, inv_d, eps, &mu[j], &var[j]);
+                }
+                sc[j] = ln ? 1.0 / sqrt(var[j]) : 1.0;
+            }
             const void *w = ln ? weight : NULL, *b = ln ? bias : NULL;
             if (k[x->dtype].affine_rows)
                 k[x->dtype].affine_rows(rows, outs, n, d, mu, sc, ok, w, b, stream);

@@ -216,25 +216,23 @@ static double gn_rstd_scaled(double sigma, double eps, int ex, int *out_ex)
  * it: sigma^2 = (q - e^2/d)/d then loses at most a factor 1 + 1/4 + 2/4 of the sums' relative
  * error to cancellation.  (decompose's gn_row_moments asks sigma / 4; at sigma / 4 a fifth of the
  * rows of d = 64 with mean 0.3 and sigma 2 took the second pass, at sigma / 2 few do.) */
-static inline double gn_ln_verdict(int dtype, int64_t d, double c, double q, double e, double inv_d, double eps,
+static inline int gn_ln_verdict(int dtype, int64_t d, double c, double q, double e, double inv_d, double eps,
                                    double *mu, double *var)
 {
-    /* without branches, and in doubles (mu and var are written whatever the verdict), so that a
-     * block's rows vectorize (gn_normalize_rows) */
+    /* without branches (mu and var are written whatever the verdict): a block's rows take it in turn */
     const double tiny = dtype == GN_F64 ? 0x1p-960 : 0x1p-100;
     const double ee = e * e * inv_d, perp2 = q - ee, m = c + e * inv_d;
-    const double shift_ok = ee <= perp2 * 0.25 ? 1.0 : 0.0;
-    const double safe = q >= tiny && fabs((double)d * m * m + perp2) <= DBL_MAX ? 1.0 : -1.0;
+    const int shift_ok = ee <= perp2 * 0.25, safe = (q >= tiny) & (fabs((double)d * m * m + perp2) <= DBL_MAX);
     *mu = m;
     *var = perp2 * inv_d + eps;
-    return shift_ok * safe;
+    return shift_ok * (2 * safe - 1);
 }
 
 static inline int gn_ln_from_pass(int dtype, int64_t d, double c, double q, double e, double inv_d, double eps,
                                   double *mu, double *var)
 {
     double m, v;
-    const int r = (int)gn_ln_verdict(dtype, d, c, q, e, inv_d, eps, &m, &v);
+    const int r = gn_ln_verdict(dtype, d, c, q, e, inv_d, eps, &m, &v);
     if (r > 0) {
         *mu = m;
         *var = v;
