@@ -411,6 +411,33 @@ cdef int _vector(object p, int64_t d, int cdtype, const gn_view *avoid, const vo
     return 0
 
 
+cdef struct _gain_bias:
+    const void *w
+    const void *b
+    void *wown
+    void *bown
+
+
+cdef int _gain_and_bias(object weight, object bias, int64_t d, int cdtype, const gn_view *avoid,
+                        _gain_bias *gb) except -2:
+    """Both vectors of a norm as _vector gives them (free with _free_gain_bias); -1: not for the
+    fast path (nothing left to free)."""
+    gb.wown = gb.bown = NULL
+    if _vector(weight, d, cdtype, avoid, &gb.w, &gb.wown) < 0:
+        return -1
+    if _vector(bias, d, cdtype, avoid, &gb.b, &gb.bown) < 0:
+        free(gb.wown)
+        gb.wown = NULL
+        return -1
+    return 0
+
+
+cdef void _free_gain_bias(_gain_bias *gb) noexcept:
+    free(gb.wown)
+    free(gb.bown)
+    gb.wown = gb.bown = NULL
+
+
 cdef int _threads(object num_threads) except -2:
     """num_threads resolved as runtime.resolve_threads does, or -1 to leave it to the general path."""
     global _default_threads
@@ -469,10 +496,7 @@ def fast_normalize(int kind, x, weight, bias, eps, out, num_threads):
     cdef gn_rows xr, orows
     cdef double e = 0.0
     cdef int nt, rc, cdtype
-    cdef const void *wp
-    cdef const void *bp
-    cdef void *wown = NULL
-    cdef void *bown = NULL
+    cdef _gain_bias gb
     if not _eps_ok(eps, &e) or _view(x, &xv, False) < 0:
         return None
     nt = _threads(num_threads)
@@ -489,19 +513,14 @@ def fast_normalize(int kind, x, weight, bias, eps, out, num_threads):
         result = out
     cdtype = 0 if xv.dtype == 0 else 1
     if kind == REMOVE_UNIFORM:
-        wp = bp = NULL
-    else:
-        if _vector(weight, xv.d, cdtype, &ov, &wp, &wown) < 0:
-            return None
-        if _vector(bias, xv.d, cdtype, &ov, &bp, &bown) < 0:
-            free(wown)
-            return None
+        weight = bias = None
+    if _gain_and_bias(weight, bias, xv.d, cdtype, &ov, &gb) < 0:
+        return None
     _spec(&xr, &xv)
     _spec(&orows, &ov)
     with nogil:
-        rc = gn_normalize(kind, &xr, &orows, wp, bp, e, nt)
-    free(wown)
-    free(bown)
+        rc = gn_normalize(kind, &xr, &orows, gb.w, gb.b, e, nt)
+    _free_gain_bias(&gb)
     if rc:
         raise MemoryError("geonorm: no memory for a scratch row")
     return result
@@ -579,27 +598,20 @@ def fast_ln_rms_gap(x, weight, bias, eps, num_threads):
     cdef gn_rows xr
     cdef double e = 0.0
     cdef int nt, rc
-    cdef const void *wp
-    cdef const void *bp
-    cdef void *wown = NULL
-    cdef void *bown = NULL
+    cdef _gain_bias gb
     if not _eps_ok(eps, &e) or _view(x, &xv, False) < 0:
         return None
     nt = _threads(num_threads)
     if nt < 0:
         return None
-    if _vector(weight, xv.d, 0, NULL, &wp, &wown) < 0:
-        return None
-    if _vector(bias, xv.d, 0, NULL, &bp, &bown) < 0:
-        free(wown)
+    if _gain_and_bias(weight, bias, xv.d, 0, NULL, &gb) < 0:
         return None
     result = _lead_empty(x, &xv)
     _spec(&xr, &xv)
     with nogil:
-        rc = gn_ln_rms_gap(&xr, <const double *>wp, <const double *>bp, e,
+        rc = gn_ln_rms_gap(&xr, <const double *>gb.w, <const double *>gb.b, e,
                            <double *>cnp.PyArray_DATA(<cnp.ndarray>result), nt)
-    free(wown)
-    free(bown)
+    _free_gain_bias(&gb)
     if rc:
         raise MemoryError("geonorm: no memory for a scratch row")
     return result
@@ -614,10 +626,7 @@ def fast_site_values(hidden, post, gain, bias, eps, num_threads, out):
     cdef const gn_rows *pp = NULL
     cdef double e = 0.0
     cdef int nt, rc, nq
-    cdef const void *wp
-    cdef const void *bp
-    cdef void *wown = NULL
-    cdef void *bown = NULL
+    cdef _gain_bias gb
     cdef cnp.npy_intp dims[2]
     cdef cnp.ndarray o
     cdef int64_t qstride
@@ -651,20 +660,16 @@ def fast_site_values(hidden, post, gain, bias, eps, num_threads, out):
             return None
         values = out
         qstride = cnp.PyArray_STRIDE(o, 0) // 8
-    if _vector(gain, hv.d, 0, NULL, &wp, &wown) < 0:
-        return None
-    if _vector(bias, hv.d, 0, NULL, &bp, &bown) < 0:
-        free(wown)
+    if _gain_and_bias(gain, bias, hv.d, 0, NULL, &gb) < 0:
         return None
     _spec(&hr, &hv)
     if post is not None:
         _spec(&pr, &pv)
         pp = &pr
     with nogil:
-        rc = gn_site_values(&hr, pp, <const double *>wp, <const double *>bp, e,
+        rc = gn_site_values(&hr, pp, <const double *>gb.w, <const double *>gb.b, e,
                             <double *>cnp.PyArray_DATA(<cnp.ndarray>values), qstride, nt)
-    free(wown)
-    free(bown)
+    _free_gain_bias(&gb)
     if rc:
         raise MemoryError("geonorm: no memory for a scratch row")
     shape = hidden.shape
